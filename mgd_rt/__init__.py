@@ -1,0 +1,23 @@
+"""mgd-rt: MGD-SAM2 in production (export, engines, a light runtime).
+
+``import mgd_rt`` stays light: torch is only imported by the parts that need it.
+"""
+
+from __future__ import annotations
+
+from typing import TYPE_CHECKING, Any
+
+__version__ = "0.1.0"
+
+if TYPE_CHECKING:
+    from mgd_rt.checkpoint import load_model
+
+__all__ = ["__version__", "load_model"]
+
+
+def __getattr__(name: str) -> Any:
+    if name == "load_model":
+        from mgd_rt.checkpoint import load_model
+
+        return load_model
+    raise AttributeError(f"module 'mgd_rt' has no attribute {name!r}")
