@@ -27,11 +27,13 @@ class Tolerance:
 TOLERANCES: dict[str, Tolerance] = {
     # our PyTorch model against the authors' implementation (the fixture)
     "reference": Tolerance(max_rel_std=1e-4),
-    # batching, the two-Conv2d form of the depth-2 Conv3d, constant position codes
-    "rewrite": Tolerance(max_rel_std=1e-5),
+    # batching, the two-Conv2d form of the depth-2 Conv3d, constant position codes: float
+    # reassociation only (batch 2 vs 2x batch 1 measured 6e-6 on the tiny fixture)
+    "rewrite": Tolerance(max_rel_std=5e-5),
     "fp32": Tolerance(max_rel_std=1e-4, iou_top10=0.9999),
-    # bfloat16 keeps 8 bits of mantissa: measured on the tiny fixture, sigmoid MAE ~2e-3
-    "bf16": Tolerance(sigmoid_mae=1e-2, iou_top10=0.95),
+    # CPU bfloat16 autocast (8-bit mantissa) on the tiny fixture measured max|d|/std 0.16,
+    # sigmoid MAE 1.1e-3, IoU top10% 0.950 (its logits are untrained: std 0.16, little margin)
+    "bf16": Tolerance(max_rel_std=0.5, sigmoid_mae=3e-3, iou_top10=0.90),
     "fp16": Tolerance(sigmoid_mae=2e-3, iou_top10=0.995),
     "int8": Tolerance(sigmoid_mae=1e-2, iou_top10=0.97),
 }
