@@ -70,10 +70,10 @@ def read_state_dict(path: str | Path) -> dict[str, torch.Tensor]:
                     "(weights_only=True); save the state dict alone or as .safetensors"
                 ) from None
             raise MgdRtError(f"{path}: not a PyTorch checkpoint ({str(exc).splitlines()[0]})") from None
-        except (RuntimeError, EOFError, OSError, ValueError) as exc:
+        except Exception as exc:  # any failure to parse a user's file is that file's problem
             raise MgdRtError(
                 f"{path}: unreadable checkpoint, truncated or not a PyTorch file "
-                f"({str(exc).splitlines()[0]})"
+                f"({(str(exc).splitlines() or [type(exc).__name__])[0]})"
             ) from None
     for key in _WRAPPER_KEYS:
         if isinstance(obj, dict) and isinstance(obj.get(key), dict):
@@ -106,7 +106,7 @@ def detect_variant(state_dict: dict[str, torch.Tensor]) -> str:
     # a block that changes width (has .proj) starts a new stage
     starts = sorted(i for i in blocks if f"{prefix}blocks.{i}.proj.weight" in state_dict)
     bounds = [0, *starts, len(blocks)]
-    stages = tuple(b - a for a, b in zip(bounds, bounds[1:]))
+    stages = tuple(b - a for a, b in zip(bounds[:-1], bounds[1:], strict=True))
     for name, variant in VARIANTS.items():
         if variant.embed_dim == embed_dim and variant.stages == stages:
             return name
@@ -163,7 +163,9 @@ def load_checkpoint(model: nn.Module, path: str | Path, state_dict: dict | None 
         if unexpected:
             problems.append(f"unexpected {len(unexpected)}: {_describe(unexpected, given_shapes)}")
         if mismatched:
-            shown = [f"{k} {list(given_shapes[k])} (model {list(expected_shapes[k])})" for k in mismatched[:_MAX_LISTED]]
+            shown = [
+                f"{k} {list(given_shapes[k])} (model {list(expected_shapes[k])})" for k in mismatched[:_MAX_LISTED]
+            ]
             problems.append(f"wrong shape {len(mismatched)}: {', '.join(shown)}")
         if problems:
             raise MgdRtError(f"{path}: does not match MGD-SAM2 {variant}: " + "; ".join(problems))
@@ -205,7 +207,7 @@ def _perturb_untrained(model: nn.Module, seed: int) -> None:
         return torch.randn(t.shape, generator=generator, dtype=torch.float32).to(t) * std
 
     with torch.no_grad():
-        for name, module in model.named_modules():
+        for module in model.modules():
             if isinstance(module, (nn.LayerNorm, nn.BatchNorm2d)) or type(module).__name__ == "LayerNorm2d":
                 module.weight.add_(noise(module.weight, 0.05))
                 module.bias.add_(noise(module.bias, 0.05))

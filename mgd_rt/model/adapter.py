@@ -59,7 +59,7 @@ class MPAdapter(nn.Module):
         for block in range(sum(stages)):
             group = max(g for g, start in enumerate(starts) if block >= start)
             self.block_to_adapter.append(f"lightweight_mlp{group + 1}_{block - starts[group]}")
-        for g, (width, depth) in enumerate(zip(widths, stages), start=1):
+        for g, (width, depth) in enumerate(zip(widths, stages, strict=True), start=1):
             for j in range(depth + 1):
                 self.add_module(f"lightweight_mlp{g}_{j}", _adapter_mlp(width, reduction))
             self.add_module(f"shared_mlp{g}", nn.Linear(width // reduction, width))

@@ -1,0 +1,20 @@
+"""Shared test fixtures: the authors' tiny checkpoint and the outputs their code computed."""
+
+from __future__ import annotations
+
+from pathlib import Path
+
+import numpy as np
+import pytest
+
+FIXTURES = Path(__file__).resolve().parents[2] / "shared" / "fixtures"
+TINY_CHECKPOINT = FIXTURES / "official_tiny_state_dict.pth"
+TINY_IO = FIXTURES / "official_tiny_io.npz"
+BPLUS_SHAPES = FIXTURES / "official_bplus_state_dict_shapes.json"
+
+
+@pytest.fixture(scope="session")
+def tiny_io() -> dict[str, np.ndarray]:
+    """image (2, 3, 512, 512) normalised, mask_logits (2, 1, 512, 512) from the authors' code."""
+    with np.load(TINY_IO) as data:
+        return {k: data[k] for k in data.files}
