@@ -11,7 +11,7 @@ from mgd_rt.errors import MgdRtError
 from mgd_rt.model import MGDSAM2, get_variant, image2patches, make_views, patches2image
 from mgd_rt.model.pair_conv import DepthPairConv
 from mgd_rt.numerics import compare_logits
-from tests.conftest import TINY_CHECKPOINT
+from tests.conftest import TINY_CHECKPOINT, needs_cuda
 
 
 @pytest.fixture(scope="module")
@@ -136,3 +136,22 @@ def test_sam21_sizes_build_with_their_trunks(name):
     assert len(trunk.blocks) == sum(variant.stages)
     assert trunk.channel_list == variant.channels[::-1]
     assert [i for i, b in enumerate(trunk.blocks) if b.window_size == 0] == list(variant.global_att_blocks)
+
+
+@needs_cuda
+@pytest.mark.gpu
+def test_cuda_fp32_reproduces_the_fixture_and_autocast_stays_close(tiny_io):
+    model = mgd_rt.load_model(TINY_CHECKPOINT, device="cuda")
+    image = torch.from_numpy(tiny_io["image"]).cuda()
+    # TF32 would change FP32 matmuls on Ampere and newer; the fixture is true FP32
+    torch.backends.cuda.matmul.allow_tf32 = False
+    torch.backends.cudnn.allow_tf32 = False
+    with torch.inference_mode():
+        logits = model(image).cpu().numpy()
+        with torch.autocast("cuda", dtype=torch.bfloat16):
+            bf16 = model(image).float().cpu().numpy()
+        with torch.autocast("cuda", dtype=torch.float16):
+            fp16 = model(image).float().cpu().numpy()
+    assert compare_logits(tiny_io["mask_logits"], logits, "reference", "cuda fp32")
+    assert compare_logits(logits, bf16, "bf16", "cuda bf16 autocast")
+    assert compare_logits(logits, fp16, "bf16", "cuda fp16 autocast")
