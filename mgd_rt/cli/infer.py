@@ -1,0 +1,57 @@
+"""``mgd-rt infer``: segment images, folders and globs with a checkpoint or an .onnx graph."""
+
+from __future__ import annotations
+
+import argparse
+
+FORMAT_CHOICES = ["matte", "binary", "rgba", "overlay"]  # mgd_rt.runtime.outputs.FORMATS, kept light here
+
+
+def register(subparsers: argparse._SubParsersAction) -> None:
+    parser = subparsers.add_parser(
+        "infer",
+        help="segment images with a checkpoint (PyTorch) or an .onnx graph (ONNX Runtime)",
+        description="Segment files, folders and globs; outputs mirror the input tree under OUTDIR. "
+        "Exit code 1 if any file failed (each problem is one line naming the file).",
+    )
+    parser.add_argument("model", metavar="MODEL", help="checkpoint (.pth/.pt/.safetensors) or ONNX graph (.onnx)")
+    parser.add_argument("inputs", metavar="INPUT", nargs="+", help="image files, folders or globs")
+    parser.add_argument("-o", "--output", required=True, metavar="OUTDIR", help="output directory")
+    parser.add_argument("--format", choices=FORMAT_CHOICES, default="matte",
+                        help="matte: 8-bit probability PNG (default); binary: 0/255 PNG at --threshold; "
+                        "rgba: cut-out PNG; overlay: JPEG to judge at a glance")
+    parser.add_argument("--threshold", type=float, default=0.5, help="for binary and overlay (default: 0.5)")
+    parser.add_argument("--batch-size", type=int, default=1, metavar="N", help="images per model call (default: 1)")
+    parser.add_argument("--device", default=None,
+                        help="cpu, cuda or cuda:N (default: CUDA when usable, else cpu; the choice is printed)")
+    parser.add_argument("--backend", choices=["auto", "torch", "onnxruntime"], default="auto",
+                        help="default: picked by the model file's suffix")
+    parser.add_argument("--dtype", choices=["fp32", "fp16", "bf16"], default=None,
+                        help="torch: autocast precision (default fp32); .onnx: must match the graph's precision")
+    parser.add_argument("--recursive", action="store_true", help="descend into sub-folders (and ** in globs)")
+    parser.add_argument("--overwrite", action="store_true", help="replace existing outputs (default: keep them)")
+    parser.add_argument("--tile", action="store_true",
+                        help="add high-resolution detail from overlapping S x S windows, guided by the whole image")
+    parser.add_argument("--tile-scale", type=float, default=None, metavar="X",
+                        help="resize factor before cutting windows (default: native resolution, long side capped "
+                        "at 4 x S)")
+    parser.set_defaults(func=run, parser=parser)
+
+
+def run(args: argparse.Namespace) -> int:
+    from mgd_rt.runtime.infer import infer
+
+    # usage errors exit 2 through argparse, file problems exit 1 through the summary
+    if args.tile_scale is not None and (not args.tile or args.tile_scale <= 0):
+        args.parser.error("--tile-scale needs --tile and a positive factor")
+    if args.batch_size < 1:
+        args.parser.error("--batch-size must be at least 1")
+    if not 0.0 < args.threshold < 1.0:
+        args.parser.error("--threshold must lie strictly between 0 and 1")
+    summary = infer(
+        args.model, args.inputs, args.output, format=args.format, threshold=args.threshold,
+        batch_size=args.batch_size, device=args.device, backend=args.backend, recursive=args.recursive,
+        overwrite=args.overwrite, dtype=args.dtype, tile=args.tile, tile_scale=args.tile_scale,
+    )
+    print(summary.line())
+    return 1 if summary.failed else 0

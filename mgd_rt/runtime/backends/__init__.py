@@ -1,0 +1,80 @@
+"""The backend table: which file suffix runs on which backend, and what each allows.
+
+One table drives flag validation and backend selection (style.md). Backends are imported
+only when chosen, so the onnxruntime path never imports torch.
+"""
+
+from __future__ import annotations
+
+import importlib
+from dataclasses import dataclass
+from pathlib import Path
+
+from mgd_rt.errors import MgdRtError
+from mgd_rt.runtime.backends.base import Backend
+
+# the PyTorch suffixes are mgd_rt.checkpoint.CHECKPOINT_SUFFIXES; that module imports torch,
+# so selection checks the light suffixes first and only imports it for a torch candidate
+_ONNX_SUFFIXES = (".onnx",)
+
+
+@dataclass(frozen=True)
+class BackendSpec:
+    name: str
+    module: str  # "module:Class", imported on use
+    dtypes: tuple[str, ...]  # --dtype values it accepts
+    devices: tuple[str, ...]  # device kinds it can run on
+
+
+BACKENDS: dict[str, BackendSpec] = {
+    "torch": BackendSpec("torch", "mgd_rt.runtime.backends.torch_backend:TorchBackend", ("fp32", "fp16", "bf16"),
+                         ("cpu", "cuda")),
+    # an ONNX graph's precision is decided by the graph itself (design.md), --dtype must match it
+    "onnxruntime": BackendSpec("onnxruntime", "mgd_rt.runtime.backends.onnxruntime_backend:OnnxRuntimeBackend",
+                               ("fp32", "fp16", "int8"), ("cpu", "cuda")),
+}
+
+
+def backend_for(model: str | Path, backend: str = "auto") -> BackendSpec:
+    """The backend that runs ``model``: by its suffix, or the one named (which must fit it)."""
+    suffix = Path(model).suffix.lower()
+    if suffix in _ONNX_SUFFIXES:
+        by_suffix = "onnxruntime"
+    else:
+        from mgd_rt.checkpoint import CHECKPOINT_SUFFIXES  # torch path: importing torch is fine
+
+        if suffix not in CHECKPOINT_SUFFIXES:
+            raise MgdRtError(
+                f"{model}: unknown model file type {suffix!r}; give a checkpoint "
+                f"({', '.join(CHECKPOINT_SUFFIXES)}) or an ONNX graph (.onnx)"
+            )
+        by_suffix = "torch"
+    if backend in ("auto", None):
+        return BACKENDS[by_suffix]
+    if backend not in BACKENDS:
+        raise MgdRtError(f"unknown backend {backend!r}; choose from auto, {', '.join(BACKENDS)}")
+    if backend != by_suffix:
+        raise MgdRtError(f"{model}: a {suffix} file runs on the {by_suffix} backend, not {backend}; "
+                         f"pass --backend auto or {by_suffix}")
+    return BACKENDS[backend]
+
+
+def load_backend(
+    model: str | Path,
+    backend: str = "auto",
+    device: str | None = None,
+    dtype: str | None = None,
+    check_inputs: bool = True,
+) -> Backend:
+    """Load ``model`` on the backend its suffix (or ``backend``) picks; ``device`` None = best."""
+    spec = backend_for(model, backend)
+    if dtype is not None and dtype not in spec.dtypes:
+        raise MgdRtError(f"--dtype {dtype} is not available on {spec.name}; choose from {', '.join(spec.dtypes)}")
+    if device is not None and device.split(":")[0] not in spec.devices:
+        raise MgdRtError(f"--device {device}: {spec.name} runs on {' or '.join(spec.devices)}")
+    module_name, cls_name = spec.module.split(":")
+    cls = getattr(importlib.import_module(module_name), cls_name)
+    return cls(model, device=device, dtype=dtype, check_inputs=check_inputs)
+
+
+__all__ = ["BACKENDS", "Backend", "BackendSpec", "backend_for", "load_backend"]

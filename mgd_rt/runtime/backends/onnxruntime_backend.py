@@ -1,0 +1,134 @@
+"""ONNX Runtime backend: an exported .onnx graph, no torch.
+
+Execution providers, best first: TensorRT, CUDA, CPU. ``device=None`` takes the best
+available; ``device="cuda"`` demands a GPU provider and refuses (never a quiet CPU run) when
+ONNX Runtime has none or falls back. Full graph optimisation, all cores; on CUDA the output
+stays on the GPU via I/O binding until one copy back.
+"""
+
+from __future__ import annotations
+
+import logging
+import os
+from pathlib import Path
+
+import numpy as np
+
+from mgd_rt.contract import IMAGENET_MEAN, IMAGENET_STD, INPUT_NAME, OUTPUT_NAME
+from mgd_rt.errors import MgdRtError
+from mgd_rt.runtime.backends.base import Backend
+
+log = logging.getLogger("mgd_rt")
+GPU_PROVIDERS = ("TensorrtExecutionProvider", "CUDAExecutionProvider")
+
+
+def _floats(text: str | None, default: tuple[float, ...]) -> tuple[float, ...]:
+    return default if not text else tuple(float(v) for v in text.split(","))
+
+
+class OnnxRuntimeBackend(Backend):
+    """``model``: path of a graph with input ``image`` (B, 3, S, S) and output ``mask_logits``."""
+
+    name = "onnxruntime"
+
+    def __init__(
+        self,
+        model: str | Path,
+        device: str | None = None,
+        dtype: str | None = None,
+        check_inputs: bool = True,
+        threads: int | None = None,
+    ) -> None:
+        import onnxruntime as ort
+
+        path = Path(model)
+        if not path.is_file():
+            raise MgdRtError(f"{path}: no such ONNX file")
+        available = ort.get_available_providers()
+        device_id = 0
+        if device is None:
+            wanted = [p for p in GPU_PROVIDERS if p in available]
+        elif device.split(":")[0] == "cuda":
+            device_id = int(device.split(":")[1]) if ":" in device else 0
+            wanted = [p for p in GPU_PROVIDERS if p in available]
+            if not wanted:
+                raise MgdRtError(
+                    f"--device {device}: ONNX Runtime {ort.__version__} has no CUDA or TensorRT execution "
+                    f"provider here (available: {', '.join(available)}); install onnxruntime-gpu or use --device cpu"
+                )
+        elif device == "cpu":
+            wanted = []
+        else:
+            raise MgdRtError(f"--device {device}: the onnxruntime backend runs on cpu or cuda")
+        providers: list = [(p, {"device_id": device_id}) for p in wanted] + ["CPUExecutionProvider"]
+
+        options = ort.SessionOptions()
+        options.graph_optimization_level = ort.GraphOptimizationLevel.ORT_ENABLE_ALL
+        # all cores: ONNX Runtime's default counts physical cores only
+        options.intra_op_num_threads = threads or os.cpu_count() or 1
+        try:
+            self.session = ort.InferenceSession(str(path), sess_options=options, providers=providers)
+        except Exception as exc:  # onnxruntime raises its own exception types for bad files
+            first = str(exc).strip().splitlines()[0] if str(exc).strip() else type(exc).__name__
+            raise MgdRtError(f"{path}: ONNX Runtime cannot load this graph ({first})") from None
+        used = self.session.get_providers()
+        if device is not None and device.startswith("cuda") and used[0] not in GPU_PROVIDERS:
+            raise MgdRtError(f"--device {device}: ONNX Runtime fell back to {used[0]} (CUDA libraries missing?); "
+                             "fix the CUDA install or use --device cpu")
+        self.provider = used[0]
+        on_gpu = self.provider in GPU_PROVIDERS
+        self.device = f"{self.provider} (cuda:{device_id})" if on_gpu else self.provider
+        self.device_id = device_id
+
+        inputs = {i.name: i for i in self.session.get_inputs()}
+        outputs = {o.name for o in self.session.get_outputs()}
+        if INPUT_NAME not in inputs or OUTPUT_NAME not in outputs:
+            raise MgdRtError(
+                f"{path}: not an mgd-rt graph: needs input {INPUT_NAME!r} and output {OUTPUT_NAME!r}, "
+                f"has inputs {sorted(inputs)} and outputs {sorted(outputs)}"
+            )
+        meta = self.session.get_modelmeta().custom_metadata_map
+        shape = inputs[INPUT_NAME].shape  # (B, 3, S, S) with B symbolic or fixed
+        size = meta.get("image_size") or (shape[-1] if isinstance(shape[-1], int) else None)
+        if size is None:
+            raise MgdRtError(f"{path}: neither an image_size metadata prop nor a static input size")
+        self.image_size = int(size)
+        self.fixed_batch = shape[0] if isinstance(shape[0], int) else None
+        self.variant = meta.get("variant", "unknown")
+        sha = meta.get("checkpoint_sha256")
+        self.trained = None if sha is None else sha != "untrained"
+        self.mean = _floats(meta.get("mean"), IMAGENET_MEAN)
+        self.std = _floats(meta.get("std"), IMAGENET_STD)
+        self.precision = meta.get("precision", "fp32")
+        if dtype is not None and dtype != self.precision:
+            # the graph decides its precision (design.md); running something else silently is refused
+            raise MgdRtError(
+                f"--dtype {dtype}: {path.name} is a {self.precision} graph; export a {dtype} graph "
+                f"and pass that file, or leave --dtype out"
+            )
+        self.check_inputs = check_inputs
+        self._bind = self.provider in GPU_PROVIDERS
+
+    def _run(self, batch: np.ndarray) -> np.ndarray:
+        if self.fixed_batch is not None and batch.shape[0] != self.fixed_batch:
+            if self.fixed_batch != 1:
+                raise MgdRtError(f"this graph takes batches of exactly {self.fixed_batch}; "
+                                 f"pass --batch-size {self.fixed_batch}")
+            # a static batch-1 graph: run the batch one image at a time
+            return np.concatenate([self._run_exact(batch[i : i + 1]) for i in range(batch.shape[0])])
+        return self._run_exact(batch)
+
+    def _run_exact(self, batch: np.ndarray) -> np.ndarray:
+        if self._bind:
+            # I/O binding: one host->device copy in, the output allocated on the GPU, one copy out
+            binding = self.session.io_binding()
+            binding.bind_cpu_input(INPUT_NAME, batch)
+            binding.bind_output(OUTPUT_NAME, "cuda", self.device_id)
+            self.session.run_with_iobinding(binding)
+            out = binding.copy_outputs_to_cpu()[0]
+        else:
+            out = self.session.run([OUTPUT_NAME], {INPUT_NAME: batch})[0]
+        return np.asarray(out, dtype=np.float32)
+
+    def close(self) -> None:
+        self.session = None  # type: ignore[assignment]

@@ -1,0 +1,254 @@
+"""``infer``: segment files, folders and globs into an output tree (``mgd-rt infer``).
+
+A thin loop over :meth:`Segmenter.stream`: decoding runs ahead in background threads, the
+model runs in the caller's thread, encoding and writing run in a writer thread. A bad file
+costs one line naming it, never the batch; nothing is written for it.
+"""
+
+from __future__ import annotations
+
+import glob
+import os
+import sys
+import time
+from collections import deque
+from collections.abc import Callable
+from concurrent.futures import Future, ThreadPoolExecutor
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import TextIO
+
+from mgd_rt.errors import MgdRtError
+from mgd_rt.runtime.image_io import IMAGE_SUFFIXES
+from mgd_rt.runtime.outputs import FORMATS, write_result
+from mgd_rt.runtime.segmenter import Result, Segmenter
+
+_MAGIC = set("*?[")
+
+
+@dataclass
+class Job:
+    """One input file and where its output goes (relative to the output directory)."""
+
+    source: Path
+    relative: Path
+
+
+@dataclass
+class InferSummary:
+    """What a run did; ``failed`` lists one line per problem."""
+
+    done: int = 0
+    skipped: int = 0  # outputs that existed (kept without --overwrite)
+    failed: list[str] = field(default_factory=list)
+    seconds: float = 0.0
+    backend: str = ""
+    precision: str = ""
+    windows_total: int = 0
+    windows_run: int = 0
+    written: list[Path] = field(default_factory=list)
+
+    @property
+    def images_per_second(self) -> float:
+        return self.done / self.seconds if self.seconds > 0 else 0.0
+
+    def line(self) -> str:
+        windows = f", windows run {self.windows_run}/{self.windows_total}" if self.windows_total else ""
+        verdict = "ok" if not self.failed else "FAILED"
+        return (f"{verdict}: {self.done} done, {self.skipped} skipped (exist), {len(self.failed)} failed in "
+                f"{self.seconds:.1f} s ({self.images_per_second:.2f} images/s); {self.backend}, "
+                f"precision {self.precision}{windows}")
+
+
+def collect_inputs(inputs: list[str | Path], recursive: bool = False) -> tuple[list[Job], list[str]]:
+    """Files, folders and globs -> jobs with the relative output path, plus problems found.
+
+    A folder's images keep their path relative to it; a glob's, relative to the part of the
+    pattern before the first wildcard; a single file, its name.
+    """
+    jobs: list[Job] = []
+    problems: list[str] = []
+
+    def scan(folder: Path) -> None:
+        try:
+            entries = sorted(folder.rglob("*") if recursive else folder.iterdir())
+        except OSError as exc:
+            problems.append(f"{folder}: cannot list folder ({exc.strerror})")
+            return
+        for entry in entries:
+            if entry.suffix.lower() not in IMAGE_SUFFIXES or entry.name.startswith("."):
+                continue
+            if entry.is_dir():
+                if not recursive:
+                    problems.append(f"{entry}: is a directory named like an image; skipped (use --recursive to "
+                                    "enter it)")
+                continue
+            jobs.append(Job(entry, entry.relative_to(folder)))
+
+    for item in map(str, inputs):
+        if any(c in _MAGIC for c in item):
+            matches = sorted(glob.glob(item, recursive=recursive))
+            if not matches:
+                problems.append(f"{item}: no file matches this pattern")
+            prefix = item[: min(item.index(c) for c in _MAGIC if c in item)]  # before the first wildcard
+            base = Path(prefix) if prefix.endswith(("/", os.sep)) else Path(prefix).parent
+            for m in map(Path, matches):
+                if m.is_dir():
+                    if m.suffix.lower() in IMAGE_SUFFIXES:
+                        problems.append(f"{m}: is a directory named like an image; skipped")
+                    continue
+                try:
+                    rel = m.relative_to(base)
+                except ValueError:
+                    rel = Path(m.name)
+                jobs.append(Job(m, rel))
+        else:
+            path = Path(item)
+            if path.is_dir():
+                scan(path)
+            elif path.exists():
+                jobs.append(Job(path, Path(path.name)))
+            else:
+                problems.append(f"{path}: no such file or folder")
+    return jobs, problems
+
+
+class _Progress:
+    """A one-line progress bar with images/s on a terminal; silent otherwise."""
+
+    def __init__(self, total: int, stream: TextIO) -> None:
+        self.total, self.stream = total, stream
+        self.enabled = stream.isatty()
+        self.start = time.perf_counter()
+
+    def update(self, done: int, failed: int) -> None:
+        if not self.enabled:
+            return
+        rate = done / max(time.perf_counter() - self.start, 1e-9)
+        width = 30
+        filled = int(width * (done + failed) / max(self.total, 1))
+        self.stream.write(f"\r[{'#' * filled}{'.' * (width - filled)}] {done + failed}/{self.total} "
+                          f"{rate:.2f} images/s, {failed} failed ")
+        self.stream.flush()
+
+    def message(self, text: str) -> None:
+        if self.enabled:
+            self.stream.write("\r\033[K")  # clear the bar so the message gets its own line
+        print(text, file=self.stream)
+
+
+def _prepare_outdir(outdir: Path) -> None:
+    try:
+        outdir.mkdir(parents=True, exist_ok=True)
+    except OSError as exc:
+        raise MgdRtError(f"{outdir}: cannot create the output directory ({exc.strerror})") from None
+    if not os.access(outdir, os.W_OK | os.X_OK):
+        raise MgdRtError(f"{outdir}: the output directory is not writable; choose another with -o")
+
+
+def infer(
+    model: str | Path | Segmenter,
+    inputs: list[str | Path],
+    outdir: str | Path,
+    format: str = "matte",
+    threshold: float = 0.5,
+    batch_size: int = 1,
+    device: str | None = None,
+    backend: str = "auto",
+    recursive: bool = False,
+    overwrite: bool = False,
+    dtype: str | None = None,
+    tile: bool = False,
+    tile_scale: float | None = None,
+    progress: TextIO | None = sys.stderr,
+    on_message: Callable[[str], None] | None = None,
+) -> InferSummary:
+    """Segment ``inputs`` into ``outdir`` (mirroring the input tree) and summarise the run.
+
+    ``model``: a checkpoint, an .onnx graph, or an open Segmenter (then device, backend,
+    dtype, batch_size and tiling come from it). Existing outputs are kept unless
+    ``overwrite``; inputs are never written; each output goes to a temporary name first.
+    """
+    if format not in FORMATS:
+        raise MgdRtError(f"--format {format}: choose from {', '.join(FORMATS)}")
+    if not 0.0 < threshold < 1.0:
+        raise MgdRtError(f"--threshold {threshold}: must lie strictly between 0 and 1")
+    outdir = Path(outdir)
+    start = time.perf_counter()
+    jobs, problems = collect_inputs(inputs, recursive)
+    _prepare_outdir(outdir)
+    summary = InferSummary(failed=list(problems))
+    bar = _Progress(len(jobs), progress or sys.stderr)
+    if progress is None:
+        bar.enabled = False
+    say = on_message or bar.message
+
+    def fail(line: str) -> None:
+        summary.failed.append(line)
+        say(f"mgd-rt: error: {line}")
+
+    for line in problems:
+        say(f"mgd-rt: error: {line}")
+
+    # decide every output path before any work: skips, collisions, never onto an input
+    inputs_resolved = {j.source.resolve() for j in jobs}
+    claimed: dict[Path, Path] = {}
+    todo: list[tuple[Job, Path]] = []
+    for job in jobs:
+        target = outdir / job.relative.with_suffix(FORMATS[format])
+        resolved = target.resolve()
+        if resolved in inputs_resolved:
+            fail(f"{job.source}: its output {target} would overwrite an input; choose another -o")
+        elif resolved in claimed:
+            fail(f"{job.source}: output {target} is already the output of {claimed[resolved]}; rename one of them")
+        elif target.exists() and not overwrite:
+            summary.skipped += 1
+        else:
+            claimed[resolved] = job.source
+            todo.append((job, target))
+
+    seg = model if isinstance(model, Segmenter) else Segmenter(
+        model, device=device, backend=backend, dtype=dtype, batch_size=batch_size, tile=tile, tile_scale=tile_scale)
+    summary.backend = seg.describe()
+    summary.precision = seg.backend.precision
+    say(f"mgd-rt: {len(todo)} image(s) to segment with {summary.backend}")
+    targets = {id(job.source): target for job, target in todo}
+
+    def write(result: Result, target: Path) -> Path:
+        target.parent.mkdir(parents=True, exist_ok=True)
+        return write_result(result, target, format, threshold)
+
+    pending: deque[tuple[Result, Future[Path]]] = deque()
+
+    def settle(limit: int) -> None:
+        while len(pending) > limit:
+            result, future = pending.popleft()
+            try:
+                summary.written.append(future.result())
+                summary.done += 1
+            except MgdRtError as exc:
+                fail(str(exc))
+            except OSError as exc:
+                fail(f"{result.source}: cannot write the output ({exc.strerror or exc})")
+            bar.update(summary.done, len(summary.failed))
+
+    try:
+        with ThreadPoolExecutor(1, thread_name_prefix="mgd-rt-write") as writer:
+            for result in seg.stream(job.source for job, _ in todo):
+                if not result.ok:
+                    fail(result.error)
+                    bar.update(summary.done, len(summary.failed))
+                    continue
+                if result.tile is not None:
+                    summary.windows_total += result.tile.windows_total
+                    summary.windows_run += result.tile.windows_run
+                pending.append((result, writer.submit(write, result, targets[id(result.source)])))
+                settle(2)  # at most two encoded images in flight: bounded memory
+            settle(0)
+    finally:
+        if not isinstance(model, Segmenter):
+            seg.close()
+    if bar.enabled:
+        bar.stream.write("\n")
+    summary.seconds = time.perf_counter() - start
+    return summary

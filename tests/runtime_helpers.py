@@ -1,0 +1,58 @@
+"""Small real ONNX graphs that satisfy the network contract, for testing backend mechanics fast.
+
+The graph: mask_logits = Conv1x1(image) with fixed weights, (B, 3, S, S) -> (B, 1, S, S),
+metadata props as the exporter writes them. numpy reference: ``toy_logits``.
+"""
+
+from __future__ import annotations
+
+from pathlib import Path
+
+import numpy as np
+
+from mgd_rt.contract import IMAGENET_MEAN, IMAGENET_STD, INPUT_NAME, OUTPUT_NAME
+
+TOY_WEIGHTS = np.array([1.5, -1.0, 0.5], dtype=np.float32)
+TOY_BIAS = np.float32(0.25)
+
+
+def toy_logits(batch: np.ndarray) -> np.ndarray:
+    """(B, 3, S, S) -> (B, 1, S, S): what the toy graph computes."""
+    return (np.tensordot(TOY_WEIGHTS, batch, axes=([0], [1])) + TOY_BIAS)[:, None].astype(np.float32)
+
+
+def make_toy_onnx(
+    path: Path,
+    size: int = 32,
+    batch: int | str = "batch",
+    precision: str = "fp32",
+    input_name: str = INPUT_NAME,
+    metadata: bool = True,
+) -> Path:
+    """Write a contract-conforming toy graph to ``path`` and return it."""
+    import onnx
+    from onnx import TensorProto, helper, numpy_helper
+
+    weight = numpy_helper.from_array(TOY_WEIGHTS.reshape(1, 3, 1, 1), "w")
+    bias = numpy_helper.from_array(np.array([TOY_BIAS], dtype=np.float32), "b")
+    node = helper.make_node("Conv", [input_name, "w", "b"], [OUTPUT_NAME])
+    graph = helper.make_graph(
+        [node], "toy",
+        [helper.make_tensor_value_info(input_name, TensorProto.FLOAT, [batch, 3, size, size])],
+        [helper.make_tensor_value_info(OUTPUT_NAME, TensorProto.FLOAT, [batch, 1, size, size])],
+        initializer=[weight, bias],
+    )
+    model = helper.make_model(graph, opset_imports=[helper.make_opsetid("", 17)])
+    model.ir_version = 8
+    if metadata:
+        props = {
+            "variant": "toy", "image_size": str(size), "precision": precision,
+            "mean": ",".join(map(str, IMAGENET_MEAN)), "std": ",".join(map(str, IMAGENET_STD)),
+            "checkpoint_sha256": "untrained",
+        }
+        for k, v in props.items():
+            entry = model.metadata_props.add()
+            entry.key, entry.value = k, v
+    onnx.checker.check_model(model)
+    onnx.save(model, str(path))
+    return path

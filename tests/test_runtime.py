@@ -1,0 +1,258 @@
+"""Runtime mechanics without the network: pre/post-processing, image I/O, tiling weights,
+backend selection and the ONNX Runtime backend on a toy contract-conforming graph."""
+
+from __future__ import annotations
+
+import os
+from pathlib import Path
+
+import numpy as np
+import pytest
+from PIL import Image
+from runtime_helpers import make_toy_onnx, toy_logits
+
+from mgd_rt.errors import MgdRtError
+from mgd_rt.numerics import compare_logits
+from mgd_rt.runtime import Segmenter, load_backend
+from mgd_rt.runtime.backends import backend_for
+from mgd_rt.runtime.image_io import read_image, write_atomic
+from mgd_rt.runtime.processing import (
+    postprocess,
+    postprocess_binary,
+    postprocess_uint8,
+    preprocess,
+    resize_logits,
+    resize_logits_strips,
+)
+from mgd_rt.runtime.tiling import axis_weights, tiled_logits, window_starts, working_scale
+
+RNG = np.random.default_rng(0)
+
+
+def _photo(height: int = 90, width: int = 120) -> np.ndarray:
+    """A smooth synthetic RGB photo (H, W, 3) uint8 with an object in the middle."""
+    y, x = np.mgrid[0:height, 0:width]
+    blob = ((y - height / 2) ** 2 / (height / 4) ** 2 + (x - width / 2) ** 2 / (width / 4) ** 2) < 1
+    img = np.stack([x * 255 / width, y * 255 / height, blob * 200.0], axis=2)
+    return img.astype(np.uint8)
+
+
+# ---------------------------------------------------------------- pre- and post-processing
+def test_preprocess_matches_torchvision_pipeline():
+    torch = pytest.importorskip("torch")
+    tf = pytest.importorskip("torchvision.transforms.functional")
+    photo = _photo(77, 131)
+    pil = Image.fromarray(photo)
+    ref = tf.normalize(tf.to_tensor(tf.resize(pil, [64, 64])), [0.485, 0.456, 0.406], [0.229, 0.224, 0.225])
+    ours = preprocess(photo, 64)
+    assert ours.shape == (3, 64, 64) and ours.dtype == np.float32
+    np.testing.assert_allclose(ours, ref.numpy(), rtol=0, atol=1e-6)
+    assert torch is not None
+
+
+@pytest.mark.parametrize("size", [(50, 70), (300, 257), (1, 5), (32, 32)])
+def test_postprocess_matches_torch_interpolate_then_sigmoid(size):
+    torch = pytest.importorskip("torch")
+    logits = (RNG.standard_normal((32, 32)) * 3).astype(np.float32)
+    t = torch.from_numpy(logits)[None, None]
+    ref_logits = torch.nn.functional.interpolate(t, size=size, mode="bilinear", align_corners=False)[0, 0].numpy()
+    # PyTorch computes the source coordinates in float32, we in float64: a rewrite-level difference
+    assert compare_logits(ref_logits, resize_logits(logits, *size), "rewrite", "resize vs F.interpolate")
+    np.testing.assert_allclose(postprocess(logits, *size), 1 / (1 + np.exp(-ref_logits)), atol=1e-5)
+    # strips of 7 rows give the same numbers as one pass
+    stitched = np.concatenate([s for _, s in resize_logits_strips(logits, *size, rows=7)])
+    np.testing.assert_array_equal(stitched, resize_logits(logits, *size))
+
+
+def test_matte_and_binary_agree_with_float_mask():
+    logits = (RNG.standard_normal((16, 16)) * 4).astype(np.float32)
+    mask = postprocess(logits, 40, 30)
+    matte = postprocess_uint8(logits, 40, 30)
+    assert matte.dtype == np.uint8 and np.abs(matte.astype(float) - mask * 255).max() <= 0.5 + 1e-4
+    binary = postprocess_binary(logits, 40, 30, 0.3)
+    np.testing.assert_array_equal(binary == 255, mask > 0.3)
+
+
+# ---------------------------------------------------------------- image I/O
+def test_read_image_modes(tmp_path):
+    rgb = _photo()
+    Image.fromarray(rgb[:, :, 0]).save(tmp_path / "gray.png")
+    Image.fromarray(np.dstack([rgb, np.full(rgb.shape[:2], 7, np.uint8)])).save(tmp_path / "rgba.png")
+    Image.fromarray(rgb[:, :, 0].astype(np.uint16) * 257).save(tmp_path / "g16.png")
+    Image.fromarray(rgb).save(tmp_path / "p.bmp")
+    Image.fromarray(rgb).save(tmp_path / "p.tiff")
+    Image.fromarray(rgb).save(tmp_path / "p.webp", lossless=True)
+    np.testing.assert_array_equal(read_image(tmp_path / "gray.png"), np.repeat(rgb[:, :, :1], 3, axis=2))
+    np.testing.assert_array_equal(read_image(tmp_path / "rgba.png"), rgb)  # alpha ignored
+    np.testing.assert_array_equal(read_image(tmp_path / "g16.png")[:, :, 1], rgb[:, :, 0])  # 16-bit: top 8 bits
+    for name in ("p.bmp", "p.tiff", "p.webp"):
+        np.testing.assert_array_equal(read_image(tmp_path / name), rgb)
+
+
+def test_read_image_honours_exif_orientation(tmp_path):
+    rgb = _photo(40, 60)
+    exif = Image.Exif()
+    exif[0x0112] = 6  # rotate 90 degrees clockwise to display
+    Image.fromarray(rgb).save(tmp_path / "r.jpg", exif=exif, quality=100)
+    assert read_image(tmp_path / "r.jpg").shape == (60, 40, 3)
+
+
+def test_read_image_errors_name_the_file(tmp_path):
+    (tmp_path / "zero.png").write_bytes(b"")
+    (tmp_path / "text.jpg").write_text("not an image")
+    Image.fromarray(_photo()).save(tmp_path / "full.jpg")
+    data = (tmp_path / "full.jpg").read_bytes()
+    (tmp_path / "trunc.jpg").write_bytes(data[: len(data) // 2])
+    (tmp_path / "dir.png").mkdir()
+    for name, words in [("zero.png", "empty"), ("text.jpg", "not an image"), ("trunc.jpg", "truncated"),
+                        ("dir.png", "directory"), ("missing.png", "no such file")]:
+        with pytest.raises(MgdRtError, match=words) as err:
+            read_image(tmp_path / name)
+        assert name in str(err.value)
+    with pytest.raises(MgdRtError, match="too large"):
+        read_image(tmp_path / "full.jpg", max_pixels=100)
+
+
+def test_write_atomic_leaves_only_the_file(tmp_path):
+    write_atomic(Image.fromarray(_photo()), tmp_path / "a.png", "PNG")
+    with pytest.raises(KeyError):
+        write_atomic(Image.fromarray(_photo()), tmp_path / "b.png", "NOPE")
+    assert sorted(os.listdir(tmp_path)) == ["a.png"]
+
+
+# ---------------------------------------------------------------- tiling
+@pytest.mark.parametrize("length", [512, 600, 1000, 2048, 3001])
+def test_window_weights_sum_to_one_and_are_smooth(length):
+    size = 512
+    starts = window_starts(length, size)
+    assert starts[0] == 0 and starts[-1] == length - size
+    assert all(b - a <= size * 0.75 for a, b in zip(starts, starts[1:], strict=False))  # >= 25% overlap
+    weights = axis_weights(length, starts, size)
+    total = np.zeros(length)
+    per_window = np.zeros((len(starts), length))
+    for i, s in enumerate(starts):
+        total[s : s + size] += weights[i]
+        per_window[i, s : s + size] = weights[i]
+    np.testing.assert_allclose(total, 1.0, atol=1e-12)
+    # smooth: no jump between neighbouring pixels anywhere, window edges included
+    assert np.abs(np.diff(per_window, axis=1)).max() < 0.02
+    # 2-D weights are the outer product of the axis weights, so they sum to one too
+    ys = window_starts(700, size)
+    wy = axis_weights(700, ys, size)
+    grid = np.zeros((700, length))
+    for i, y in enumerate(ys):
+        for j, x in enumerate(starts):
+            grid[y : y + size, x : x + size] += np.outer(wy[i], weights[j])
+    np.testing.assert_allclose(grid, 1.0, atol=1e-12)
+
+
+def test_working_scale_native_capped_and_never_below_window():
+    assert working_scale(3000, 4000, 1024) == 1.0
+    assert working_scale(6000, 8000, 1024) == pytest.approx(4096 / 8000)
+    assert working_scale(300, 400, 512) == pytest.approx(512 / 300)
+    assert working_scale(3000, 4000, 1024, tile_scale=0.5) == 0.5
+
+
+def test_tiling_on_exactly_s_is_the_plain_result():
+    rgb = _photo(32, 32)
+    x = preprocess(rgb, 32)[None]
+    global_logits = toy_logits(x)[0, 0]
+    tiled, stats = tiled_logits(rgb, global_logits, toy_logits, 32)
+    assert stats.windows_total == stats.windows_run == 1
+    np.testing.assert_array_equal(tiled, global_logits)
+
+
+def test_tiling_skips_confident_windows_and_blends_the_rest():
+    rgb = _photo(64, 100)
+    calls = []
+
+    def infer(batch):
+        calls.append(len(batch))
+        return toy_logits(batch)
+
+    confident = np.full((32, 32), 9.0, np.float32)
+    out, stats = tiled_logits(rgb, confident, infer, 32, batch_size=4)
+    assert stats.windows_run == 0 and not calls and stats.windows_total == len(window_starts(100, 32)) * 3
+    np.testing.assert_allclose(out, 9.0, rtol=1e-6)  # the global pass decides where it is sure
+    unsure = np.zeros((32, 32), np.float32)
+    out, stats = tiled_logits(rgb, unsure, infer, 32, batch_size=4)
+    assert stats.windows_run == stats.windows_total == sum(calls) and max(calls) <= 4
+    assert out.shape == (64, 100) and np.isfinite(out).all()
+
+
+# ---------------------------------------------------------------- backends
+def test_backend_table_picks_by_suffix():
+    assert backend_for("m.onnx").name == "onnxruntime"
+    assert backend_for("m.pth").name == "torch"
+    assert backend_for("m.safetensors", "torch").name == "torch"
+    with pytest.raises(MgdRtError, match="unknown model file type"):
+        backend_for("m.txt")
+    with pytest.raises(MgdRtError, match="runs on the onnxruntime backend"):
+        backend_for("m.onnx", "torch")
+
+
+@pytest.fixture(scope="module")
+def toy(tmp_path_factory) -> Path:
+    return make_toy_onnx(tmp_path_factory.mktemp("toy") / "toy.onnx")
+
+
+def test_onnxruntime_backend_runs_the_graph(toy):
+    with load_backend(toy) as backend:
+        assert backend.image_size == 32 and backend.precision == "fp32"
+        assert backend.device == "CPUExecutionProvider"
+        x = RNG.standard_normal((3, 3, 32, 32)).astype(np.float32)
+        np.testing.assert_allclose(backend.infer({"image": x}), toy_logits(x), atol=1e-5)
+        with pytest.raises(MgdRtError, match=r"\(B, 3, 32, 32\)"):
+            backend.infer(x[:, :, :16])
+        with pytest.raises(MgdRtError, match="float32"):
+            backend.infer(x.astype(np.float64))
+
+
+def test_onnxruntime_backend_input_check_is_skippable(toy):
+    backend = load_backend(toy, check_inputs=False)
+    x = RNG.standard_normal((1, 3, 32, 32)).astype(np.float32)
+    np.testing.assert_allclose(backend.infer(x), toy_logits(x), atol=1e-5)
+
+
+def test_onnxruntime_refuses_what_it_cannot_do(toy, tmp_path):
+    import onnxruntime as ort
+
+    if "CUDAExecutionProvider" not in ort.get_available_providers():
+        with pytest.raises(MgdRtError, match="no CUDA or TensorRT execution provider"):
+            load_backend(toy, device="cuda")
+    with pytest.raises(MgdRtError, match="fp32 graph"):
+        load_backend(toy, dtype="fp16")
+    bad = make_toy_onnx(tmp_path / "names.onnx", input_name="pixels")
+    with pytest.raises(MgdRtError, match="not an mgd-rt graph"):
+        load_backend(bad)
+    (tmp_path / "junk.onnx").write_bytes(b"\x00garbage")
+    with pytest.raises(MgdRtError, match="cannot load"):
+        load_backend(tmp_path / "junk.onnx")
+
+
+def test_static_batch_one_graph_runs_any_batch(tmp_path):
+    backend = load_backend(make_toy_onnx(tmp_path / "b1.onnx", batch=1))
+    x = RNG.standard_normal((3, 3, 32, 32)).astype(np.float32)
+    np.testing.assert_allclose(backend.infer(x), toy_logits(x), atol=1e-5)
+
+
+# ---------------------------------------------------------------- Segmenter on the toy graph
+def test_segmenter_api(toy, tmp_path):
+    seg = Segmenter(toy, batch_size=2)
+    rgb = _photo()
+    mask = seg(rgb)
+    assert mask.shape == rgb.shape[:2] and mask.dtype == np.float32
+    expected = postprocess(toy_logits(preprocess(rgb, 32)[None])[0, 0], *rgb.shape[:2])
+    np.testing.assert_allclose(mask, expected, atol=1e-6)
+    Image.fromarray(rgb).save(tmp_path / "p.png")
+    np.testing.assert_allclose(seg(tmp_path / "p.png"), mask, atol=1e-6)
+    masks = seg.batch([rgb, str(tmp_path / "p.png"), rgb[:50]])
+    assert [m.shape for m in masks] == [(90, 120), (90, 120), (50, 120)]
+    (tmp_path / "bad.png").write_text("x")
+    results = list(seg.stream([rgb, tmp_path / "bad.png", rgb, rgb]))
+    assert [r.ok for r in results] == [True, False, True, True]
+    assert "bad.png" in results[1].error
+    with pytest.raises(MgdRtError, match="bad.png"):
+        seg(tmp_path / "bad.png")
+    with pytest.raises(MgdRtError, match="uint8"):
+        seg(rgb.astype(np.float32))
