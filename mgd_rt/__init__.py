@@ -11,8 +11,9 @@ __version__ = "0.1.0"
 
 if TYPE_CHECKING:
     from mgd_rt.checkpoint import load_model
+    from mgd_rt.runtime import Segmenter
 
-__all__ = ["__version__", "load_model"]
+__all__ = ["Segmenter", "__version__", "load_model"]
 
 
 def __getattr__(name: str) -> Any:
@@ -20,4 +21,8 @@ def __getattr__(name: str) -> Any:
         from mgd_rt.checkpoint import load_model
 
         return load_model
+    if name == "Segmenter":  # the light runtime: no torch unless a checkpoint is given
+        from mgd_rt.runtime import Segmenter
+
+        return Segmenter
     raise AttributeError(f"module 'mgd_rt' has no attribute {name!r}")
