@@ -1,0 +1,232 @@
+"""Export stage: PyTorch model -> model.onnx (FP32 master) [+ model.fp16.onnx], verified.
+
+``export_onnx`` is the one entry point (``mgd-rt export`` and ``python export/to_onnx.py``
+are thin over it); ``verify`` compares any exported graph with the PyTorch model.
+"""
+
+from __future__ import annotations
+
+import logging
+import os
+import resource
+import sys
+import tempfile
+import time
+from dataclasses import dataclass, field
+from pathlib import Path
+
+from mgd_rt.errors import MgdRtError
+from mgd_rt.export.verify import VerifyReport, verify
+
+log = logging.getLogger("mgd_rt")
+
+__all__ = ["ExportResult", "VerifyReport", "export_onnx", "fp16_path", "verify"]
+
+# hygiene rule for B+ at S=1024 (issue 3): fewer nodes than this
+MAX_NODES = 2500
+# file size must be within this fraction of the bytes the graph's weights and constants need
+SIZE_SLACK = 0.02
+# protobuf's hard limit; bigger graphs need external data
+_PROTOBUF_LIMIT = 2**31 - 1
+
+
+def fp16_path(path: str | Path) -> Path:
+    """model.onnx -> model.fp16.onnx, next to it."""
+    path = Path(path)
+    return path.with_name(f"{path.stem}.fp16{path.suffix}")
+
+
+@dataclass
+class ExportResult:
+    """What export_onnx wrote and measured."""
+
+    path: Path
+    fp16_path: Path | None
+    variant: str
+    image_size: int
+    batch: int | None
+    opset: int
+    checkpoint_sha256: str
+    nodes_exported: int = 0
+    nodes_final: int = 0
+    shape_rewrites: int = 0
+    file_bytes: int = 0
+    fp16_file_bytes: int = 0
+    fp16_nodes: int = 0
+    used_param_bytes: int = 0
+    all_param_bytes: int = 0
+    constant_bytes: int = 0
+    timings: dict[str, float] = field(default_factory=dict)
+    peak_rss_mb: float = 0.0
+    report: object = None
+    verification: list[VerifyReport] = field(default_factory=list)
+
+    @property
+    def passed(self) -> bool:
+        return all(self.verification)
+
+    def lines(self) -> list[str]:
+        mb = 1e6
+        r = self.report
+        out = [
+            f"wrote {self.path} ({self.file_bytes / mb:.1f} MB), variant {self.variant}, S={self.image_size}, "
+            f"batch {self.batch or 'dynamic'}, opset {self.opset}",
+            f"  input image {r.input_shape} float32 -> mask_logits {r.output_shape} float32",
+            f"  nodes: {self.nodes_exported} exported -> {self.nodes_final} final "
+            f"({self.shape_rewrites} shape rewrites); Shape nodes {r.shape_nodes} (batch only); "
+            f"If/Loop/Mod: {sum(r.forbidden.values())}",
+            f"  size: file {self.file_bytes / mb:.2f} MB vs used FP32 parameters {self.used_param_bytes / mb:.2f} MB "
+            f"(all {self.all_param_bytes / mb:.2f} MB; unused adapters dropped) + precomputed codes "
+            f"{self.constant_bytes / mb:.2f} MB",
+        ]
+        if self.fp16_path:
+            out.append(f"wrote {self.fp16_path} ({self.fp16_file_bytes / mb:.1f} MB, {self.fp16_nodes} nodes)")
+        for report in self.verification:
+            out.extend("  " + line for line in report.lines())
+        steps = ", ".join(f"{k} {v:.1f} s" for k, v in self.timings.items())
+        out.append(f"time: {steps}; peak memory {self.peak_rss_mb:.0f} MB")
+        verdict = "PASS" if self.passed else "FAIL"
+        out.append(f"{verdict}: export in {sum(self.timings.values()):.1f} s" if self.verification
+                   else f"done (not verified) in {sum(self.timings.values()):.1f} s")
+        return out
+
+
+def _peak_rss_mb() -> float:
+    # ru_maxrss is KiB on Linux, bytes on macOS
+    rss = resource.getrusage(resource.RUSAGE_SELF).ru_maxrss
+    return rss / (1 << 20) if sys.platform == "darwin" else rss / 1024
+
+
+def _check_writable(path: Path) -> None:
+    parent = path.parent if str(path.parent) else Path(".")
+    if not parent.is_dir():
+        raise MgdRtError(f"{path}: output folder {parent} does not exist")
+    if not os.access(parent, os.W_OK):
+        raise MgdRtError(f"{path}: output folder {parent} is not writable")
+    if path.suffix != ".onnx":
+        raise MgdRtError(f"{path}: the output name must end in .onnx")
+
+
+def save_atomic(model, path: Path) -> int:
+    """Write ``model`` to a temporary name in the same folder, then rename; returns the size."""
+    import onnx
+
+    if model.ByteSize() > _PROTOBUF_LIMIT:
+        raise MgdRtError(f"{path}: graph over 2 GB; external-data export is not implemented")
+    fd, tmp = tempfile.mkstemp(prefix=f".{path.name}.", suffix=".tmp", dir=path.parent or ".")
+    os.close(fd)
+    try:
+        onnx.save_model(model, tmp)
+        os.replace(tmp, path)
+    except BaseException:
+        Path(tmp).unlink(missing_ok=True)
+        raise
+    return path.stat().st_size
+
+
+def export_onnx(
+    checkpoint: str | Path | None = None,
+    variant: str | None = None,
+    image_size: int | None = None,
+    output: str | Path = "model.onnx",
+    fp16: bool = False,
+    batch: int | None = None,
+    opset: int | None = None,
+    verify_graph: bool = True,
+    images: str | Path | None = None,
+) -> ExportResult:
+    """Export MGD-SAM2 to ``output`` (FP32) and, with ``fp16``, ``fp16_path(output)``.
+
+    The graph: image float32 (B, 3, S, S) -> mask_logits float32 (B, 1, S, S); B dynamic
+    unless ``batch`` fixes it. Metadata props per contract.METADATA_KEYS. Files are written
+    under temporary names and renamed, so an error leaves nothing half-written.
+    """
+    import onnx
+
+    from mgd_rt import __version__
+    from mgd_rt.checkpoint import file_sha256, load_model
+    from mgd_rt.contract import IMAGENET_MEAN, IMAGENET_STD
+    from mgd_rt.export import graph as graphs
+    from mgd_rt.export.torch_export import DEFAULT_OPSET, torch_to_onnx, used_parameter_bytes
+
+    output = Path(output)
+    _check_writable(output)
+    if batch is not None and batch < 1:
+        raise MgdRtError(f"--batch {batch}: use a positive batch size or 'dynamic'")
+    opset = opset or DEFAULT_OPSET
+    if not 17 <= opset <= 23:
+        raise MgdRtError(f"--opset {opset}: use 17..23 (LayerNormalization needs 17)")
+    timings: dict[str, float] = {}
+
+    def step(name: str, t0: float) -> None:
+        timings[name] = time.perf_counter() - t0
+        log.info("%s: %.1f s", name, timings[name])
+
+    t0 = time.perf_counter()
+    model = load_model(checkpoint, variant, image_size)
+    sha = file_sha256(checkpoint) if checkpoint is not None else "untrained"
+    if checkpoint is None:
+        log.warning("exporting SEEDED UNTRAINED weights (no --checkpoint): for benchmarks only")
+    step("load", t0)
+    used, total, _ = used_parameter_bytes(model)
+    result = ExportResult(output, fp16_path(output) if fp16 else None, model.variant.name, model.image_size,
+                          batch, opset, sha, used_param_bytes=used, all_param_bytes=total)
+
+    t0 = time.perf_counter()
+    log.info("exporting %s at S=%d (dynamo exporter, opset %d)...", model.variant.name, model.image_size, opset)
+    proto = torch_to_onnx(model, batch, opset)
+    result.nodes_exported = len(proto.graph.node)
+    step("export", t0)
+
+    t0 = time.perf_counter()
+    proto, result.shape_rewrites = graphs.pin_static_shapes(proto)
+    step("rewrite", t0)
+    t0 = time.perf_counter()
+    proto = graphs.simplify(proto)
+    step("simplify", t0)
+
+    t0 = time.perf_counter()
+    props = {
+        "variant": model.variant.name,
+        "image_size": str(model.image_size),
+        "mean": ",".join(str(v) for v in IMAGENET_MEAN),
+        "std": ",".join(str(v) for v in IMAGENET_STD),
+        "precision": "fp32",
+        "opset": str(opset),
+        "mgd_rt_version": __version__,
+        "checkpoint_sha256": sha,
+    }
+    graphs.set_metadata(proto, props)
+    proto = onnx.shape_inference.infer_shapes(proto, check_type=True, strict_mode=True)
+    onnx.checker.check_model(proto, full_check=True)
+    result.report = graphs.graph_report(proto)
+    result.nodes_final = result.report.nodes
+    result.constant_bytes = max(0, result.report.initializer_bytes - used)
+    step("check", t0)
+
+    fp16_proto = None
+    if fp16:
+        from mgd_rt.export.fp16 import to_fp16
+
+        t0 = time.perf_counter()
+        fp16_proto = to_fp16(proto)
+        graphs.set_metadata(fp16_proto, {**props, "precision": "fp16"})
+        onnx.checker.check_model(fp16_proto, full_check=True)
+        result.fp16_nodes = len(fp16_proto.graph.node)
+        step("fp16", t0)
+
+    t0 = time.perf_counter()
+    result.file_bytes = save_atomic(proto, output)
+    if fp16_proto is not None:
+        result.fp16_file_bytes = save_atomic(fp16_proto, result.fp16_path)
+    step("save", t0)
+
+    if verify_graph:
+        t0 = time.perf_counter()
+        for path in [output] + ([result.fp16_path] if fp16 else []):
+            log.info("verifying %s with ONNX Runtime (CPU)...", path.name)
+            result.verification.append(verify(path, checkpoint, images, model=model))
+        step("verify", t0)
+    result.timings = timings
+    result.peak_rss_mb = _peak_rss_mb()
+    return result

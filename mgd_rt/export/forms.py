@@ -1,0 +1,70 @@
+"""The export form of MGDSAM2: the same numbers, in modules that export to clean ONNX.
+
+Three rewrites, all reverted when the context exits (the eager model is never changed for good):
+- every depth-2 depthwise Conv3d runs as two depthwise Conv2d (no 5-D tensors, no Squeeze
+  whose dimension the exporter cannot prove is 1, which becomes an If);
+- Hiera's position embedding (a bicubic resize of a parameter plus a tiled window code, done
+  on every call) is computed once for the exported size and used as a constant;
+- the decoder's dense positional code (``pe_layer``: random Fourier features of the E x E grid)
+  and MCEM's sine codes are constants for that size too (MCEM caches them per size already;
+  one warm-up call fills the cache before tracing).
+"""
+
+from __future__ import annotations
+
+from collections.abc import Iterator
+from contextlib import contextmanager
+
+import torch
+from torch import nn
+
+from mgd_rt.model import MGDSAM2, use_conv2d_pairs
+
+# Hiera's patch embedding has stride 4; the trunk sees S/2 views
+_PATCH_STRIDE = 4
+# the decoder's image embedding is at stride 16 of each S/2 view
+_EMBED_STRIDE = 16
+
+
+class ConstantCode(nn.Module):
+    """Returns one precomputed tensor whatever it is asked; stands in for a positional code."""
+
+    def __init__(self, code: torch.Tensor) -> None:
+        super().__init__()
+        self.register_buffer("code", code.detach().clone(), persistent=False)
+
+    def forward(self, *args, **kwargs) -> torch.Tensor:  # noqa: ARG002 - same call signature as the original
+        return self.code
+
+
+@contextmanager
+def export_form(model: MGDSAM2) -> Iterator[MGDSAM2]:
+    """Switch ``model`` to its export form for its own ``image_size``; restore it on exit.
+
+    Inside the context ``model(image)`` for image (B, 3, S, S) gives the eager logits
+    (within ``TOLERANCES["rewrite"]``, asserted by tests/test_export.py).
+    """
+    side = model.image_size // 2  # each view is (S/2, S/2)
+    trunk = model.image_encoder.trunk
+    tokens = side // _PATCH_STRIDE
+    embed = side // _EMBED_STRIDE
+    with torch.no_grad():
+        # (1, S/8, S/8, C): interpolated parameter + tiled window code, NHWC like the tokens
+        hiera_pos = trunk._get_pos_embed((tokens, tokens)).detach()
+        # (1, 256, E, E), E = S/32
+        dense_pe = model.pe_layer((embed, embed)).detach()
+    use_conv2d_pairs(model, True)
+    original_pe_layer = model.pe_layer
+    hiera_code = ConstantCode(hiera_pos)
+    # an instance attribute shadows the class method only while the context is open
+    trunk._get_pos_embed = hiera_code  # type: ignore[method-assign]
+    model.pe_layer = ConstantCode(dense_pe)  # type: ignore[assignment]
+    try:
+        with torch.no_grad():
+            # fills MCEM's per-size code cache, so tracing reads constants, not sin/cos ops
+            model(torch.zeros(1, 3, model.image_size, model.image_size))
+        yield model
+    finally:
+        del trunk._get_pos_embed
+        model.pe_layer = original_pe_layer
+        use_conv2d_pairs(model, False)

@@ -1,0 +1,166 @@
+"""Verification: run a graph with ONNX Runtime on the CPU and compare with the PyTorch model.
+
+Inputs: real photos (scikit-image's sample data, or a folder of images) resized to S x S and
+normalised like the runtime does, plus seeded random input. Measures and tolerances are
+``mgd_rt.numerics``'s, per the graph's precision (metadata ``precision``).
+"""
+
+from __future__ import annotations
+
+import logging
+import time
+from dataclasses import dataclass, field
+from pathlib import Path
+
+import numpy as np
+
+from mgd_rt.contract import IMAGENET_MEAN, IMAGENET_STD, INPUT_NAME, OUTPUT_NAME
+from mgd_rt.errors import MgdRtError
+from mgd_rt.numerics import Comparison, compare_logits
+
+log = logging.getLogger("mgd_rt")
+
+# scikit-image sample photos: a portrait, an animal, objects (dataset names in skimage.data)
+SAMPLE_PHOTOS = ("astronaut", "chelsea", "coffee")
+IMAGE_SUFFIXES = (".jpg", ".jpeg", ".png", ".bmp", ".tif", ".tiff", ".webp")
+
+
+def normalise(rgb: np.ndarray, size: int) -> np.ndarray:
+    """uint8 (H, W, 3) RGB -> float32 (1, 3, S, S): bilinear resize to S x S, ImageNet normalised."""
+    from PIL import Image
+
+    image = Image.fromarray(rgb).convert("RGB").resize((size, size), Image.BILINEAR)
+    x = np.asarray(image, dtype=np.float32) / 255.0
+    x = (x - np.array(IMAGENET_MEAN, np.float32)) / np.array(IMAGENET_STD, np.float32)
+    return x.transpose(2, 0, 1)[None]  # (1, 3, S, S)
+
+
+def load_photos(size: int, images: str | Path | None = None) -> list[tuple[str, np.ndarray]]:
+    """[(name, (1, 3, S, S) float32)] from ``images`` (a folder or file) or scikit-image's samples."""
+    if images is not None:
+        from PIL import Image, UnidentifiedImageError
+
+        root = Path(images)
+        paths = [root] if root.is_file() else sorted(p for p in root.glob("*") if p.suffix.lower() in IMAGE_SUFFIXES)
+        if not paths:
+            raise MgdRtError(f"{root}: no images ({', '.join(IMAGE_SUFFIXES)}) found")
+        out = []
+        for path in paths:
+            try:
+                out.append((path.name, normalise(np.asarray(Image.open(path).convert("RGB")), size)))
+            except (OSError, UnidentifiedImageError) as exc:
+                raise MgdRtError(f"{path}: not a readable image ({exc})") from exc
+        return out
+    try:
+        from skimage import data
+    except ImportError as exc:
+        raise MgdRtError(
+            "scikit-image is not installed: it ships the sample photos verification uses; "
+            "install the dev extra (pip install -e '.[dev]') or pass --images DIR"
+        ) from exc
+    return [(name, normalise(getattr(data, name)(), size)) for name in SAMPLE_PHOTOS]
+
+
+@dataclass
+class VerifyReport:
+    """Every comparison of one artifact against the PyTorch model; truthy when all pass."""
+
+    artifact: str
+    precision: str
+    comparisons: list[Comparison] = field(default_factory=list)
+    seconds: float = 0.0
+
+    @property
+    def passed(self) -> bool:
+        return all(self.comparisons)
+
+    def __bool__(self) -> bool:
+        return self.passed
+
+    def lines(self) -> list[str]:
+        head = f"verify {self.artifact} ({self.precision}) against PyTorch FP32, ONNX Runtime CPU"
+        verdict = "PASS" if self.passed else "FAIL"
+        return [head, *(c.row() for c in self.comparisons), f"{verdict} in {self.seconds:.1f} s"]
+
+    def as_dict(self) -> dict:
+        return {
+            "artifact": self.artifact,
+            "precision": self.precision,
+            "passed": self.passed,
+            "comparisons": [c.as_dict() for c in self.comparisons],
+        }
+
+
+def _session(path: Path):
+    import onnxruntime as ort
+
+    options = ort.SessionOptions()
+    options.log_severity_level = 3  # errors only: ORT warns about FP16 Cast placement
+    return ort.InferenceSession(str(path), options, providers=["CPUExecutionProvider"])
+
+
+def verify(
+    artifact: str | Path,
+    checkpoint: str | Path | None = None,
+    images: str | Path | None = None,
+    model=None,
+    random_batch: int = 2,
+) -> VerifyReport:
+    """Compare ``artifact`` (.onnx) with the PyTorch model on photos and random input.
+
+    The variant, size and precision come from the graph's metadata; ``checkpoint`` must be
+    the one the graph was exported from (its sha256 is checked), None for seeded weights.
+    ``model`` skips loading when the caller already has the eager model. Photos run one at a
+    time; the random input is (random_batch, 3, S, S), or the graph's fixed batch.
+    """
+    import onnx
+    import torch
+
+    from mgd_rt.checkpoint import file_sha256, load_model
+    from mgd_rt.export.graph import read_metadata
+
+    start = time.perf_counter()
+    path = Path(artifact)
+    if path.suffix != ".onnx":
+        raise MgdRtError(f"{path}: verify takes an .onnx graph (engines come with the build stage)")
+    if not path.is_file():
+        raise MgdRtError(f"{path}: no such file")
+    try:
+        meta = read_metadata(onnx.load(str(path), load_external_data=False))
+    except Exception as exc:
+        raise MgdRtError(f"{path}: not a readable ONNX graph ({exc})") from exc
+    for key in ("variant", "image_size", "precision", "checkpoint_sha256"):
+        if key not in meta:
+            raise MgdRtError(f"{path}: metadata '{key}' missing; export it with mgd-rt export")
+    size, precision = int(meta["image_size"]), meta["precision"]
+    expected = meta["checkpoint_sha256"]
+    if checkpoint is None and expected != "untrained":
+        raise MgdRtError(f"{path} was exported from a checkpoint (sha256 {expected[:12]}...): pass --checkpoint")
+    if checkpoint is not None and expected != (actual := file_sha256(checkpoint)):
+        raise MgdRtError(
+            f"{checkpoint} (sha256 {actual[:12]}...) is not the checkpoint {path.name} was exported from "
+            f"({expected[:12]}...)"
+        )
+    if model is None:
+        model = load_model(checkpoint, meta["variant"], size)
+    session = _session(path)
+    fixed_batch = session.get_inputs()[0].shape[0]
+    fixed_batch = fixed_batch if isinstance(fixed_batch, int) else None
+
+    inputs = load_photos(size, images)
+    rng = np.random.default_rng(0)
+    inputs.append((f"random x{fixed_batch or random_batch}", rng.standard_normal(
+        (fixed_batch or random_batch, 3, size, size)).astype(np.float32)))
+    report = VerifyReport(path.name, precision)
+    for name, x in inputs:
+        batch = x
+        if fixed_batch and x.shape[0] != fixed_batch:
+            batch = np.repeat(x, fixed_batch, axis=0)  # a fixed-batch graph: repeat the photo
+        with torch.no_grad():
+            reference = model(torch.from_numpy(batch)).numpy()
+        candidate = session.run([OUTPUT_NAME], {INPUT_NAME: batch})[0]
+        comparison = compare_logits(reference, candidate, tolerance=precision, name=name)
+        log.info("  %s", comparison.row())
+        report.comparisons.append(comparison)
+    report.seconds = time.perf_counter() - start
+    return report
