@@ -160,13 +160,15 @@ def infer(
     dtype: str | None = None,
     tile: bool = False,
     tile_scale: float | None = None,
-    progress: TextIO | None = sys.stderr,
+    progress: TextIO | None = None,
+    show_progress: bool = True,
     on_message: Callable[[str], None] | None = None,
 ) -> InferSummary:
     """Segment ``inputs`` into ``outdir`` (mirroring the input tree) and summarise the run.
 
     ``model``: a checkpoint, an .onnx graph, or an open Segmenter (then device, backend,
-    dtype, batch_size and tiling come from it). Existing outputs are kept unless
+    dtype, batch_size and tiling come from it). Messages and the progress bar (on a terminal)
+    go to ``progress`` (default: sys.stderr). Existing outputs are kept unless
     ``overwrite``; inputs are never written; each output goes to a temporary name first.
     """
     if format not in FORMATS:
@@ -178,9 +180,8 @@ def infer(
     jobs, problems = collect_inputs(inputs, recursive)
     _prepare_outdir(outdir)
     summary = InferSummary(failed=list(problems))
-    bar = _Progress(len(jobs), progress or sys.stderr)
-    if progress is None:
-        bar.enabled = False
+    bar = _Progress(len(jobs), progress or sys.stderr)  # sys.stderr looked up now, not at import
+    bar.enabled = bar.enabled and show_progress
     say = on_message or bar.message
 
     def fail(line: str) -> None:
