@@ -17,6 +17,8 @@ from mgd_rt.errors import MgdRtError
 # one module per subcommand, in the order the pipeline runs
 COMMANDS = [
     "mgd_rt.cli.smoke",
+    "mgd_rt.cli.export",
+    "mgd_rt.cli.verify",
     "mgd_rt.cli.infer",
 ]
 
