@@ -183,6 +183,7 @@ def export_onnx(
     step("rewrite", t0)
     t0 = time.perf_counter()
     proto = graphs.simplify(proto)
+    log.info("merged %d duplicate constants", graphs.deduplicate_initializers(proto))
     step("simplify", t0)
 
     t0 = time.perf_counter()

@@ -142,6 +142,30 @@ def pin_static_shapes(model: onnx.ModelProto) -> tuple[onnx.ModelProto, int]:
     return model, rewrites
 
 
+def deduplicate_initializers(model: onnx.ModelProto) -> int:
+    """Merge byte-identical initializers (constant folding copies a folded position code once
+    per consumer, e.g. six copies of the decoder's dense code); returns how many were dropped."""
+    graph = model.graph
+    first: dict[tuple, str] = {}
+    rename: dict[str, str] = {}
+    kept = []
+    for init in graph.initializer:
+        key = (init.data_type, tuple(init.dims), init.raw_data or init.SerializeToString())
+        if init.raw_data and key in first:
+            rename[init.name] = first[key]
+            continue
+        first.setdefault(key, init.name)
+        kept.append(init)
+    if rename:
+        for node in graph.node:
+            for i, name in enumerate(node.input):
+                if name in rename:
+                    node.input[i] = rename[name]
+        del graph.initializer[:]
+        graph.initializer.extend(kept)
+    return len(rename)
+
+
 def simplify(model: onnx.ModelProto) -> onnx.ModelProto:
     """onnxslim: constant folding, dead-node removal, common-subexpression elimination.
 
