@@ -20,6 +20,7 @@ COMMANDS = [
     "mgd_rt.cli.export",
     "mgd_rt.cli.verify",
     "mgd_rt.cli.infer",
+    "mgd_rt.cli.demo",
 ]
 
 
