@@ -32,8 +32,26 @@ def parse_batch(value: str) -> int | None:
     return batch
 
 
+def parse_sizes(value: str) -> list[int]:
+    """'1024' -> [1024]; '768,1024,1280' -> [768, 1024, 1280] (one graph per size)."""
+    try:
+        sizes = [int(v) for v in value.split(",") if v.strip()]
+    except ValueError:
+        raise argparse.ArgumentTypeError(f"{value!r}: use S or a comma list such as 768,1024,1280") from None
+    if not sizes:
+        raise argparse.ArgumentTypeError(f"{value!r}: use S or a comma list such as 768,1024,1280")
+    return sizes
+
+
 def add_export_arguments(parser: argparse.ArgumentParser) -> None:
     add_model_options(parser)
+    # export alone takes a size list (one graph per size, for --tta paper): widen the shared flag
+    size_flag = next(a for a in parser._actions if a.dest == "image_size")
+    size_flag.type, size_flag.metavar = parse_sizes, "S[,S...]"
+    size_flag.help += "; a list (e.g. 768,1024,1280) writes <name>.s<S>.onnx per size, for --tta paper"
+    parser.add_argument("--paper-codes", action="store_true",
+                        help="with a size list: MCEM position codes from the smallest size's grid in every graph "
+                        "(the authors' TTA quirk, needed to reproduce the paper's --tta paper numbers)")
     parser.add_argument("-o", "--output", default="model.onnx", help="FP32 graph to write (default: model.onnx)")
     parser.add_argument("--fp16", action="store_true", help="also write the FP16 graph <name>.fp16.onnx")
     parser.add_argument("--batch", type=parse_batch, default=None, metavar="dynamic|N",
@@ -53,19 +71,25 @@ def register(subparsers: argparse._SubParsersAction) -> None:
 
 
 def run(args: argparse.Namespace) -> int:
-    from mgd_rt.export import export_onnx
+    from mgd_rt.export import export_onnx, export_onnx_sizes
 
-    result = export_onnx(
-        checkpoint=args.checkpoint,
-        variant=args.variant,
-        image_size=args.image_size,
-        output=args.output,
-        fp16=args.fp16,
-        batch=args.batch,
-        opset=args.opset,
-        verify_graph=args.verify,
-        images=args.images,
-    )
+    sizes = args.image_size or [None]
+    common = dict(checkpoint=args.checkpoint, variant=args.variant, output=args.output, fp16=args.fp16,
+                  batch=args.batch, opset=args.opset, verify_graph=args.verify, images=args.images)
+    if len(sizes) > 1 or args.paper_codes:
+        if sizes == [None]:
+            raise MgdRtError("--paper-codes needs the list of TTA sizes, e.g. --image-size 768,1024,1280")
+        results = export_onnx_sizes(sizes, paper_codes=args.paper_codes, **common)
+    else:
+        results = [export_onnx(image_size=sizes[0], **common)]
+    for result in results:
+        _report(args, result)
+    if not all(r.passed for r in results):
+        raise MgdRtError("verification failed: a comparison exceeds its tolerance (table above)")
+    return 0
+
+
+def _report(args: argparse.Namespace, result) -> None:
     if args.json:
         summary = {
             "path": str(result.path),
@@ -78,6 +102,3 @@ def run(args: argparse.Namespace) -> int:
         print(json.dumps(summary, indent=2))
     else:
         print("\n".join(result.lines()))
-    if not result.passed:
-        raise MgdRtError("verification failed: a comparison exceeds its tolerance (table above)")
-    return 0

@@ -24,8 +24,9 @@ def register(subparsers: argparse._SubParsersAction) -> None:
     parser.add_argument("--batch-size", type=int, default=1, metavar="N", help="images per model call (default: 1)")
     parser.add_argument("--device", default=None,
                         help="cpu, cuda or cuda:N (default: CUDA when usable, else cpu; the choice is printed)")
-    parser.add_argument("--backend", choices=["auto", "torch", "onnxruntime"], default="auto",
-                        help="default: picked by the model file's suffix")
+    parser.add_argument("--backend", choices=["auto", "torch", "onnxruntime", "tensorrt"], default="auto",
+                        help="default: picked by the model file's suffix; tensorrt on an .onnx builds its engine "
+                        "once (engine cache, $MGD_RT_ENGINE_CACHE)")
     parser.add_argument("--dtype", choices=["fp32", "fp16", "bf16"], default=None,
                         help="torch: autocast precision (default fp32); .onnx: must match the graph's precision")
     parser.add_argument("--recursive", action="store_true", help="descend into sub-folders (and ** in globs)")
@@ -35,6 +36,9 @@ def register(subparsers: argparse._SubParsersAction) -> None:
     parser.add_argument("--tile-scale", type=float, default=None, metavar="X",
                         help="resize factor before cutting windows (default: native resolution, long side capped "
                         "at 4 x S)")
+    parser.add_argument("--tta", choices=["none", "flip", "paper"], default="none",
+                        help="test-time augmentation: flip (original + mirror, 2 passes) or paper (the authors' "
+                        "flip x scales 0.75/1/1.25, 6 passes; a graph needs <name>.s<size>.onnx per scale)")
     parser.set_defaults(func=run, parser=parser)
 
 
@@ -52,6 +56,7 @@ def run(args: argparse.Namespace) -> int:
         args.model, args.inputs, args.output, format=args.format, threshold=args.threshold,
         batch_size=args.batch_size, device=args.device, backend=args.backend, recursive=args.recursive,
         overwrite=args.overwrite, dtype=args.dtype, tile=args.tile, tile_scale=args.tile_scale,
+        tta=args.tta,
     )
     print(summary.line())
     return 1 if summary.failed else 0

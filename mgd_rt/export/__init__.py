@@ -8,6 +8,7 @@ from __future__ import annotations
 
 import logging
 import os
+import re
 import resource
 import sys
 import tempfile
@@ -20,7 +21,8 @@ from mgd_rt.export.verify import VerifyReport, verify
 
 log = logging.getLogger("mgd_rt")
 
-__all__ = ["ExportResult", "VerifyReport", "export_onnx", "fp16_path", "verify"]
+__all__ = ["CODE_SIZE_KEY", "ExportResult", "VerifyReport", "export_onnx", "export_onnx_sizes", "fp16_path",
+           "sized_path", "verify"]
 
 # hygiene rule for B+ at S=1024 (issue 3): fewer nodes than this
 MAX_NODES = 2500
@@ -28,6 +30,21 @@ MAX_NODES = 2500
 SIZE_SLACK = 0.02
 # protobuf's hard limit; bigger graphs need external data
 _PROTOBUF_LIMIT = 2**31 - 1
+
+
+# metadata prop: the input size whose grid the baked MCEM codes come from (the authors' TTA quirk)
+CODE_SIZE_KEY = "mcem_code_size"
+
+
+def sized_path(path: str | Path, size: int) -> Path:
+    """model.onnx -> model.s<size>.onnx; model.s512.onnx -> model.s<size>.onnx;
+    model.s512.fp16.onnx -> model.s<size>.fp16.onnx: one artifact per size (``--tta paper``)."""
+    path = Path(path)
+    name, n = re.subn(r"\.s\d+(?=\.)", f".s{size}", path.name, count=1)
+    if n:
+        return path.with_name(name)
+    head, _, tail = path.name.partition(".")
+    return path.with_name(f"{head}.s{size}.{tail}")
 
 
 def fp16_path(path: str | Path) -> Path:
@@ -134,12 +151,15 @@ def export_onnx(
     opset: int | None = None,
     verify_graph: bool = True,
     images: str | Path | None = None,
+    code_grid_size: int | None = None,
 ) -> ExportResult:
     """Export MGD-SAM2 to ``output`` (FP32) and, with ``fp16``, ``fp16_path(output)``.
 
     The graph: image float32 (B, 3, S, S) -> mask_logits float32 (B, 1, S, S); B dynamic
     unless ``batch`` fixes it. Metadata props per contract.METADATA_KEYS. Files are written
     under temporary names and renamed, so an error leaves nothing half-written.
+    ``code_grid_size``: bake the authors' TTA quirk, MCEM codes derived from that input size's
+    grid (recorded as the ``mcem_code_size`` prop; see mgd_rt.runtime.tta).
     """
     import onnx
 
@@ -164,6 +184,13 @@ def export_onnx(
 
     t0 = time.perf_counter()
     model = load_model(checkpoint, variant, image_size)
+    if code_grid_size is not None:
+        from mgd_rt.export.forms import mcem_code_grid
+
+        if code_grid_size < 64 or code_grid_size % 64:
+            raise MgdRtError(f"code grid size {code_grid_size}: must be a model size (a multiple of 64)")
+        # never restored: this model only serves this export (tracing and verification)
+        mcem_code_grid(model, code_grid_size).__enter__()
     sha = file_sha256(checkpoint) if checkpoint is not None else "untrained"
     if checkpoint is None:
         log.warning("exporting SEEDED UNTRAINED weights (no --checkpoint): for benchmarks only")
@@ -197,6 +224,8 @@ def export_onnx(
         "mgd_rt_version": __version__,
         "checkpoint_sha256": sha,
     }
+    if code_grid_size is not None:
+        props[CODE_SIZE_KEY] = str(code_grid_size)
     graphs.set_metadata(proto, props)
     proto = onnx.shape_inference.infer_shapes(proto, check_type=True, strict_mode=True)
     onnx.checker.check_model(proto, full_check=True)
@@ -231,3 +260,22 @@ def export_onnx(
     result.timings = timings
     result.peak_rss_mb = _peak_rss_mb()
     return result
+
+
+def export_onnx_sizes(
+    image_sizes: list[int],
+    output: str | Path = "model.onnx",
+    paper_codes: bool = False,
+    **kwargs,
+) -> list[ExportResult]:
+    """One graph per size, ``model.s<S>.onnx`` beside ``output`` (what ``--tta paper`` loads).
+
+    ``paper_codes``: every graph's MCEM codes come from the smallest size's grid, as in the
+    authors' TTA run (first call at 0.75S). Other arguments as :func:`export_onnx`.
+    """
+    sizes = sorted(set(image_sizes))
+    if paper_codes and len(sizes) < 2:
+        raise MgdRtError("--paper-codes needs the list of TTA sizes, e.g. --image-size 768,1024,1280")
+    code = sizes[0] if paper_codes else None
+    return [export_onnx(image_size=size, output=sized_path(output, size), code_grid_size=code, **kwargs)
+            for size in sizes]

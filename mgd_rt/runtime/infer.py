@@ -160,6 +160,7 @@ def infer(
     dtype: str | None = None,
     tile: bool = False,
     tile_scale: float | None = None,
+    tta: str = "none",
     progress: TextIO | None = None,
     show_progress: bool = True,
     on_message: Callable[[str], None] | None = None,
@@ -167,7 +168,7 @@ def infer(
     """Segment ``inputs`` into ``outdir`` (mirroring the input tree) and summarise the run.
 
     ``model``: a checkpoint, an .onnx graph, or an open Segmenter (then device, backend,
-    dtype, batch_size and tiling come from it). Messages and the progress bar (on a terminal)
+    dtype, batch_size, tiling and ``tta`` come from it). Messages and the progress bar (on a terminal)
     go to ``progress`` (default: sys.stderr). Existing outputs are kept unless
     ``overwrite``; inputs are never written; each output goes to a temporary name first.
     """
@@ -209,7 +210,8 @@ def infer(
             todo.append((job, target))
 
     seg = model if isinstance(model, Segmenter) else Segmenter(
-        model, device=device, backend=backend, dtype=dtype, batch_size=batch_size, tile=tile, tile_scale=tile_scale)
+        model, device=device, backend=backend, dtype=dtype, batch_size=batch_size, tile=tile, tile_scale=tile_scale,
+        tta=tta)
     summary.backend = seg.describe()
     summary.precision = seg.backend.precision
     say(f"mgd-rt: {len(todo)} image(s) to segment with {summary.backend}")

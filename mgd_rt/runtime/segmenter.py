@@ -72,7 +72,8 @@ class Segmenter:
     ``Backend``, or an MGDSAM2 module. device None: the best available, printed by
     ``describe()``; an explicit device that is not usable is an error. dtype None: fp32 for
     checkpoints, the graph's own precision for .onnx. ``tile``: add the high-resolution
-    window pass (see :mod:`mgd_rt.runtime.tiling`).
+    window pass (see :mod:`mgd_rt.runtime.tiling`). ``tta``: none, flip or paper (see
+    :mod:`mgd_rt.runtime.tta`; paper on a graph or engine loads its per-scale siblings).
     """
 
     def __init__(
@@ -87,6 +88,7 @@ class Segmenter:
         tile_scale: float | None = None,
         check_inputs: bool = True,
         workers: int = 2,
+        tta: str = "none",
     ) -> None:
         if batch_size < 1:
             raise MgdRtError(f"--batch-size {batch_size}: must be at least 1")
@@ -101,6 +103,12 @@ class Segmenter:
 
             self.backend = TorchBackend(model, device=device, dtype=dtype, check_inputs=check_inputs)
         self.image_size = self.backend.image_size
+        if tta != "none" and tile:
+            raise MgdRtError(f"--tta {tta} with --tile: not supported; use one or the other")
+        from mgd_rt.runtime.tta import TTA
+
+        # every model call goes through it; mode "none" is the backend's own infer
+        self.tta = TTA(tta, self.backend, model if isinstance(model, (str, Path)) else None, device, dtype)
         self.batch_size = batch_size
         self.tile = tile
         self.tile_scale = tile_scale
@@ -110,6 +118,7 @@ class Segmenter:
         """Backend, device or execution provider actually used, precision, model."""
         trained = {True: "trained", False: "UNTRAINED", None: "weights of unknown origin"}[self.backend.trained]
         tiling = ", tiled" if self.tile else ""
+        tiling += f", {self.tta.describe()}" if self.tta.mode != "none" else ""
         return (f"{self.backend.describe()}; MGD-SAM2 {self.backend.variant} at {self.image_size} "
                 f"({trained}){tiling}")
 
@@ -177,7 +186,7 @@ class Segmenter:
         model_seconds = 0.0
         if good:
             t0 = time.perf_counter()
-            logits = self.backend.infer(np.stack([p.tensor for p in good]))  # (B, 1, S, S)
+            logits = self.tta(np.stack([p.tensor for p in good]))  # (B, 1, S, S)
             model_seconds = (time.perf_counter() - t0) / len(good)
         k = 0
         for p in group:
@@ -196,6 +205,7 @@ class Segmenter:
             yield result
 
     def close(self) -> None:
+        self.tta.close()
         self.backend.close()
 
     def __enter__(self) -> Segmenter:
