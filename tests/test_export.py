@@ -168,26 +168,13 @@ def test_cli_flags_match_script():
 
 
 def _rtx_build(path: Path) -> int:
-    """Parse ``path`` with TensorRT-RTX's ONNX parser and build an SM 8.9 engine on the CPU."""
-    trt = pytest.importorskip("tensorrt_rtx", reason="tensorrt_rtx not installed (pip install -e '.[rtx]')")
-    logger = trt.Logger(trt.Logger.ERROR)
-    builder = trt.Builder(logger)
-    network = builder.create_network(0)  # strongly typed: the graph decides precisions
-    parser = trt.OnnxParser(network, logger)
-    ok = parser.parse_from_file(str(path))
-    errors = [str(parser.get_error(i)) for i in range(parser.num_errors)]
-    assert ok and not errors, errors
-    config = builder.create_builder_config()
-    # ahead-of-time build for an RTX 40xx (SM 8.9) with no GPU in this machine
-    config.num_compute_capabilities = 1
-    config.set_compute_capability(trt.ComputeCapability.SM89, 0)
-    profile = builder.create_optimization_profile()
-    _, c, h, w = network.get_input(0).shape
-    profile.set_shape(INPUT_NAME, (1, c, h, w), (1, c, h, w), (2, c, h, w))
-    config.add_optimization_profile(profile)
-    engine = builder.build_serialized_network(network, config)
-    assert engine is not None
-    return engine.nbytes
+    """Parse ``path`` with TensorRT-RTX's ONNX parser and build an SM 8.9 engine on the CPU (the build stage)."""
+    pytest.importorskip("tensorrt_rtx", reason="tensorrt_rtx not installed (pip install -e '.[rtx]')")
+    from mgd_rt.build import build_engine
+
+    result = build_engine(path, output=path.with_suffix(".engine"), batch="1:1:2", targets="sm89",
+                          library="tensorrt_rtx")
+    return result.engine_bytes
 
 
 def test_tensorrt_rtx_parse_and_build(tiny_export):

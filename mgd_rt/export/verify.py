@@ -69,6 +69,7 @@ class VerifyReport:
     precision: str
     comparisons: list[Comparison] = field(default_factory=list)
     seconds: float = 0.0
+    runner: str = "ONNX Runtime CPU"
 
     @property
     def passed(self) -> bool:
@@ -78,7 +79,7 @@ class VerifyReport:
         return self.passed
 
     def lines(self) -> list[str]:
-        head = f"verify {self.artifact} ({self.precision}) against PyTorch FP32, ONNX Runtime CPU"
+        head = f"verify {self.artifact} ({self.precision}) against PyTorch FP32, {self.runner}"
         verdict = "PASS" if self.passed else "FAIL"
         return [head, *(c.row() for c in self.comparisons), f"{verdict} in {self.seconds:.1f} s"]
 
@@ -106,9 +107,10 @@ def verify(
     model=None,
     random_batch: int = 2,
 ) -> VerifyReport:
-    """Compare ``artifact`` (.onnx) with the PyTorch model on photos and random input.
+    """Compare ``artifact`` (.onnx, or .engine on the TensorRT backend) with the PyTorch model.
 
-    The variant, size and precision come from the graph's metadata; ``checkpoint`` must be
+    Inputs: photos and random input. The variant, size and precision come from the graph's
+    metadata (an engine's: its sidecar, which carries the source graph's); ``checkpoint`` must be
     the one the graph was exported from (its sha256 is checked), None for seeded weights.
     ``model`` skips loading when the caller already has the eager model. Photos run one at a
     time; the random input is (random_batch, 3, S, S), or the graph's fixed batch.
@@ -121,14 +123,20 @@ def verify(
 
     start = time.perf_counter()
     path = Path(artifact)
-    if path.suffix != ".onnx":
-        raise MgdRtError(f"{path}: verify takes an .onnx graph (engines come with the build stage)")
+    if path.suffix not in (".onnx", ".engine"):
+        raise MgdRtError(f"{path}: verify takes an .onnx graph or a TensorRT .engine (with its sidecar)")
     if not path.is_file():
         raise MgdRtError(f"{path}: no such file")
-    try:
-        meta = read_metadata(onnx.load(str(path), load_external_data=False))
-    except Exception as exc:
-        raise MgdRtError(f"{path}: not a readable ONNX graph ({exc})") from exc
+    if path.suffix == ".engine":
+        from mgd_rt.build.sidecar import read_sidecar
+
+        sidecar = read_sidecar(path)
+        meta = {**sidecar["source"].get("metadata", {}), "precision": sidecar["precision"]}
+    else:
+        try:
+            meta = read_metadata(onnx.load(str(path), load_external_data=False))
+        except Exception as exc:
+            raise MgdRtError(f"{path}: not a readable ONNX graph ({exc})") from exc
     for key in ("variant", "image_size", "precision", "checkpoint_sha256"):
         if key not in meta:
             raise MgdRtError(f"{path}: metadata '{key}' missing; export it with mgd-rt export")
@@ -143,24 +151,35 @@ def verify(
         )
     if model is None:
         model = load_model(checkpoint, meta["variant"], size)
-    session = _session(path)
-    fixed_batch = session.get_inputs()[0].shape[0]
-    fixed_batch = fixed_batch if isinstance(fixed_batch, int) else None
+    engine = None
+    if path.suffix == ".engine":
+        from mgd_rt.runtime.backends.tensorrt_backend import TensorRTBackend
+
+        engine = TensorRTBackend(path)
+        fixed_batch = engine.max_batch if engine.min_batch == engine.max_batch else None
+        run, runner = engine.infer, engine.describe()
+    else:
+        session = _session(path)
+        fixed_batch = session.get_inputs()[0].shape[0]
+        fixed_batch = fixed_batch if isinstance(fixed_batch, int) else None
+        run, runner = (lambda x: session.run([OUTPUT_NAME], {INPUT_NAME: x})[0]), "ONNX Runtime CPU"
 
     inputs = load_photos(size, images)
     rng = np.random.default_rng(0)
     inputs.append((f"random x{fixed_batch or random_batch}", rng.standard_normal(
         (fixed_batch or random_batch, 3, size, size)).astype(np.float32)))
-    report = VerifyReport(path.name, precision)
+    report = VerifyReport(path.name, precision, runner=runner)
     for name, x in inputs:
         batch = x
         if fixed_batch and x.shape[0] != fixed_batch:
             batch = np.repeat(x, fixed_batch, axis=0)  # a fixed-batch graph: repeat the photo
         with torch.no_grad():
             reference = model(torch.from_numpy(batch)).numpy()
-        candidate = session.run([OUTPUT_NAME], {INPUT_NAME: batch})[0]
+        candidate = run(batch)
         comparison = compare_logits(reference, candidate, tolerance=precision, name=name)
         log.info("  %s", comparison.row())
         report.comparisons.append(comparison)
+    if engine is not None:
+        engine.close()
     report.seconds = time.perf_counter() - start
     return report

@@ -16,6 +16,7 @@ from mgd_rt.runtime.backends.base import Backend
 # the PyTorch suffixes are mgd_rt.checkpoint.CHECKPOINT_SUFFIXES; that module imports torch,
 # so selection checks the light suffixes first and only imports it for a torch candidate
 _ONNX_SUFFIXES = (".onnx",)
+_ENGINE_SUFFIXES = (".engine",)
 
 
 @dataclass(frozen=True)
@@ -32,6 +33,9 @@ BACKENDS: dict[str, BackendSpec] = {
     # an ONNX graph's precision is decided by the graph itself (design.md), --dtype must match it
     "onnxruntime": BackendSpec("onnxruntime", "mgd_rt.runtime.backends.onnxruntime_backend:OnnxRuntimeBackend",
                                ("fp32", "fp16", "int8"), ("cpu", "cuda")),
+    # a built .engine (precision is the engine's), or an .onnx built on first use through the engine cache
+    "tensorrt": BackendSpec("tensorrt", "mgd_rt.runtime.backends.tensorrt_backend:TensorRTBackend",
+                            ("fp32", "fp16", "int8"), ("cuda",)),
 }
 
 
@@ -40,13 +44,17 @@ def backend_for(model: str | Path, backend: str = "auto") -> BackendSpec:
     suffix = Path(model).suffix.lower()
     if suffix in _ONNX_SUFFIXES:
         by_suffix = "onnxruntime"
+        if backend == "tensorrt":
+            return BACKENDS["tensorrt"]  # an .onnx on TensorRT: built once through the engine cache
+    elif suffix in _ENGINE_SUFFIXES:
+        by_suffix = "tensorrt"
     else:
         from mgd_rt.checkpoint import CHECKPOINT_SUFFIXES  # torch path: importing torch is fine
 
         if suffix not in CHECKPOINT_SUFFIXES:
             raise MgdRtError(
                 f"{model}: unknown model file type {suffix!r}; give a checkpoint "
-                f"({', '.join(CHECKPOINT_SUFFIXES)}) or an ONNX graph (.onnx)"
+                f"({', '.join(CHECKPOINT_SUFFIXES)}), an ONNX graph (.onnx) or a TensorRT engine (.engine)"
             )
         by_suffix = "torch"
     if backend in ("auto", None):

@@ -1,0 +1,102 @@
+"""Engine cache: ``Segmenter("model.onnx", backend="tensorrt")`` builds once, then reuses.
+
+An entry is ``<cache>/<graph stem>-<graph sha256[:12]>.<precision>.engine`` with its sidecar,
+whose ``cache_key`` records what the engine is valid for: graph sha256, library and version,
+GPU name and compute capability, precision, profile. A lookup whose key differs in any field
+rebuilds (and logs which fields changed); a stale engine is never loaded.
+"""
+
+from __future__ import annotations
+
+import logging
+import os
+from pathlib import Path
+from typing import Any
+
+from mgd_rt.build.builder import DEFAULT_PROFILE, build_engine, parse_profile, read_graph
+from mgd_rt.build.library import GpuInfo, current_gpu, import_library
+from mgd_rt.build.sidecar import read_sidecar, sidecar_path
+from mgd_rt.errors import MgdRtError
+
+log = logging.getLogger("mgd_rt")
+
+CACHE_ENV = "MGD_RT_ENGINE_CACHE"
+
+
+def cache_dir(path: str | Path | None = None) -> Path:
+    """The cache folder: ``path``, else $MGD_RT_ENGINE_CACHE, else $XDG_CACHE_HOME/mgd-rt/engines."""
+    if path is None:
+        path = os.environ.get(CACHE_ENV) or Path(os.environ.get("XDG_CACHE_HOME", Path.home() / ".cache")) \
+            / "mgd-rt" / "engines"
+    path = Path(path)
+    try:
+        path.mkdir(parents=True, exist_ok=True)
+    except OSError as exc:
+        raise MgdRtError(f"engine cache {path}: cannot create it ({exc.strerror}); set {CACHE_ENV} "
+                         "or pass cache_dir") from None
+    return path
+
+
+def cache_key(graph_sha256: str, library: str, version: str, gpu: GpuInfo, precision: str,
+              profile: tuple[int, int, int]) -> dict[str, str]:
+    """Everything an engine is only valid for (design.md: one GPU, one library version)."""
+    return {
+        "graph_sha256": graph_sha256,
+        "library": f"{library} {version}",
+        "gpu": gpu.name,
+        "compute_capability": gpu.compute_capability,
+        "precision": precision,
+        "profile": ":".join(map(str, profile)),
+    }
+
+
+def cached_engine(
+    onnx_path: str | Path,
+    precision: str | None = None,
+    batch: str | tuple[int, int, int] | None = None,
+    cache: str | Path | None = None,
+    library: str = "auto",
+    gpu: GpuInfo | None = None,
+    **build_options: Any,
+) -> Path:
+    """The engine for ``onnx_path`` on this GPU from the cache, built (and stored) when missing or stale.
+
+    ``precision`` None: the graph's own. ``gpu`` None: the current CUDA device (needed anyway to run).
+    ``build_options`` go to :func:`build_engine` (workspace, opt_level, ...).
+    """
+    onnx_path = Path(onnx_path)
+    graph, _ = read_graph(onnx_path)
+    lib = import_library(library)
+    gpu = gpu or current_gpu()
+    precision = precision or graph.precision
+    if batch is None:
+        profile = (graph.fixed_batch,) * 3 if graph.fixed_batch else DEFAULT_PROFILE
+    else:
+        profile = parse_profile(batch) if isinstance(batch, str) else parse_profile(":".join(map(str, batch)))
+    key = cache_key(graph.sha256, lib.name, lib.version, gpu, precision, profile)
+    folder = cache_dir(cache)
+    engine = folder / f"{onnx_path.stem}-{graph.sha256[:12]}.{precision}.engine"
+    if engine.is_file() and sidecar_path(engine).is_file():
+        try:
+            stored = read_sidecar(engine).get("cache_key", {})
+        except MgdRtError as exc:
+            stored, reason = {}, str(exc)
+        else:
+            changed = [f"{k} {stored.get(k)!r} -> {v!r}" for k, v in key.items() if stored.get(k) != v]
+            reason = "; ".join(changed)
+        if stored == key:
+            log.info("engine cache: reusing %s", engine)
+            return engine
+        log.warning("engine cache: %s is stale (%s): rebuilding", engine.name, reason)
+    else:
+        log.info("engine cache: no engine for %s (%s) in %s: building (once)", onnx_path.name, precision, folder)
+    if lib.is_rtx:
+        # TensorRT-RTX: build for this GPU's SM by name, the same engine its "current" target gives
+        build_options.setdefault("targets", [gpu.sm])
+    # the key travels in the sidecar, written atomically with the engine
+    build_engine(onnx_path, precision=precision, output=engine, batch=profile, library=lib.name, gpu=gpu,
+                 sidecar_extra={"cache_key": key}, **build_options)
+    return engine
+
+
+__all__ = ["CACHE_ENV", "cache_dir", "cache_key", "cached_engine"]

@@ -1,0 +1,304 @@
+"""TensorRT backend: a built ``.engine`` (TensorRT or TensorRT-RTX), or an ``.onnx`` via the engine cache.
+
+The sidecar is read first: an engine built by another TensorRT version, or for another GPU, is
+refused with a message before any CUDA call is made on its behalf. GPU memory, the stream and
+CUDA graphs go through NVIDIA's ``cuda-python`` bindings (no pycuda, no torch). numpy input is
+copied through pinned host buffers asynchronously on the backend's stream; a torch CUDA tensor
+is bound directly (no copy) and the output comes back as a torch CUDA tensor, enqueued on
+torch's current stream. One execution context: calls are not thread-safe.
+"""
+
+from __future__ import annotations
+
+import ctypes
+import logging
+from collections.abc import Mapping
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+
+from mgd_rt.build.library import GpuInfo, Library, check_cuda, cuda_runtime, current_gpu, import_library
+from mgd_rt.build.sidecar import read_sidecar
+from mgd_rt.contract import IMAGENET_MEAN, IMAGENET_STD, INPUT_NAME, OUTPUT_NAME
+from mgd_rt.errors import MgdRtError
+from mgd_rt.runtime.backends.base import Backend
+
+log = logging.getLogger("mgd_rt")
+
+
+def _version_tuple(version: str) -> tuple[int, ...]:
+    return tuple(int(p) for p in version.split(".") if p.isdigit())
+
+
+def check_library(sidecar: dict[str, Any], engine: Path) -> Library:
+    """Import the library that built ``engine``; refuse another version (unless built version-compatible)."""
+    name, built = sidecar["library"]["name"], sidecar["library"]["version"]
+    source = sidecar.get("source", {}).get("onnx", "model.onnx")
+    rebuild = f"rebuild it here with: mgd-rt build {source}" + (" --rtx" if name == "tensorrt_rtx" else "")
+    try:
+        lib = import_library(name)
+    except MgdRtError:
+        package = "tensorrt-rtx" if name == "tensorrt_rtx" else "tensorrt"
+        raise MgdRtError(f"{engine.name} was built with {name} {built}, which is not installed: "
+                         f"pip install {package}=={built.rsplit('.', 1)[0] if built.count('.') > 2 else built}, "
+                         f"or {rebuild}") from None
+    if lib.version != built:
+        flags = sidecar.get("build", {}).get("flags", {})
+        newer_same_major = (_version_tuple(lib.version) >= _version_tuple(built)
+                            and lib.major == _version_tuple(built)[0])
+        if flags.get("version_compatible") and newer_same_major:
+            log.warning("%s: built with %s %s, loading in %s (version-compatible engine)",
+                        engine.name, name, built, lib.version)
+        else:
+            raise MgdRtError(f"{engine.name} was built with {name} {built} but {lib.version} is installed: an engine "
+                             f"only loads in the TensorRT version that built it; {rebuild}")
+    return lib
+
+
+def check_gpu(sidecar: dict[str, Any], gpu: GpuInfo, engine: Path) -> None:
+    """Refuse an engine built for another compute capability than ``gpu``'s (per its hardware compatibility)."""
+    targets = sidecar["targets"]
+    level = sidecar.get("build", {}).get("flags", {}).get("hardware_compatibility", "none")
+    source = sidecar.get("source", {}).get("onnx", "model.onnx")
+    if level == "ampere+":
+        if float(gpu.compute_capability) < 8.0:
+            raise MgdRtError(f"{engine.name} is hardware-compatible for Ampere and later (SM >= 8.0); "
+                             f"{gpu.name} is SM {gpu.compute_capability}")
+        return
+    if targets.get("compute_capabilities"):  # TensorRT-RTX ahead-of-time targets
+        if gpu.sm not in targets["compute_capabilities"]:
+            raise MgdRtError(f"{engine.name} was built for {', '.join(targets['compute_capabilities'])}; "
+                             f"{gpu.name} is {gpu.sm}: rebuild with --target {gpu.sm}")
+        return
+    built = targets["gpu"]
+    if built["compute_capability"] != gpu.compute_capability:
+        raise MgdRtError(f"{engine.name} was built for {built['name']} (SM {built['compute_capability']}); this GPU "
+                         f"is {gpu.name} (SM {gpu.compute_capability}): rebuild here with mgd-rt build {source}")
+    if built["name"] != gpu.name:
+        log.warning("%s was built on %s, running on %s (same SM %s): TensorRT advises building on the same model",
+                    engine.name, built["name"], gpu.name, gpu.compute_capability)
+
+
+def _is_torch_tensor(x: object) -> bool:
+    # no torch import: the light runtime must not pull it in
+    return type(x).__module__.startswith("torch") and hasattr(x, "data_ptr")
+
+
+class TensorRTBackend(Backend):
+    """``model``: an .engine with its sidecar, or an .onnx built through the engine cache.
+
+    ``device``: "cuda" or "cuda:N" (None: cuda:0). ``cuda_graph``: capture copy + enqueue + copy
+    for the first batch size seen and replay it for that size (a fixed batch); other sizes run
+    normally. ``cache_dir``: engine cache folder for .onnx (default $MGD_RT_ENGINE_CACHE).
+    """
+
+    name = "tensorrt"
+
+    def __init__(
+        self,
+        model: str | Path,
+        device: str | None = None,
+        dtype: str | None = None,
+        check_inputs: bool = True,
+        cuda_graph: bool = False,
+        cache_dir: str | Path | None = None,
+        library: str = "auto",
+    ) -> None:
+        self._closed = True  # close() is safe however far __init__ gets
+        if device not in (None, "cuda") and not str(device).startswith("cuda:"):
+            raise MgdRtError(f"--device {device}: TensorRT engines run on a CUDA GPU (cuda or cuda:N)")
+        index = int(device.split(":")[1]) if device and ":" in device else 0
+        path = Path(model)
+        if path.suffix == ".onnx":
+            from mgd_rt.build.cache import cached_engine
+
+            path = cached_engine(path, precision=dtype, cache=cache_dir, library=library, gpu=current_gpu(index))
+        if not path.is_file():
+            raise MgdRtError(f"{path}: no such engine file")
+        # 1. the sidecar, before anything touches CUDA or the engine bytes
+        sidecar = read_sidecar(path)
+        self.sidecar = sidecar
+        self.library = check_library(sidecar, path)
+        if dtype is not None and dtype != sidecar["precision"]:
+            raise MgdRtError(f"--dtype {dtype}: {path.name} is a {sidecar['precision']} engine; "
+                             f"build a {dtype} engine and pass that file, or leave --dtype out")
+        # 2. the GPU it would run on
+        self.gpu = current_gpu(index)
+        check_gpu(sidecar, self.gpu, path)
+
+        meta = sidecar["source"].get("metadata", {})
+        self.image_size = int(sidecar["image_size"])
+        self.variant = sidecar.get("variant", meta.get("variant", "unknown"))
+        sha = meta.get("checkpoint_sha256")
+        self.trained = None if sha is None else sha != "untrained"
+        self.mean = tuple(float(v) for v in meta["mean"].split(",")) if "mean" in meta else IMAGENET_MEAN
+        self.std = tuple(float(v) for v in meta["std"].split(",")) if "std" in meta else IMAGENET_STD
+        self.precision = sidecar["precision"]
+        self.check_inputs = check_inputs
+        self.device = f"cuda:{index} ({self.gpu.name})"
+        self.path = path
+
+        # 3. CUDA: device, stream, engine
+        self._cudart = cudart = cuda_runtime()
+        check_cuda(cudart.cudaSetDevice(index), "cudaSetDevice")
+        trt = self.library.module
+        self._logger = trt.Logger(trt.Logger.WARNING)
+        self._runtime = trt.Runtime(self._logger)
+        self.engine = self._runtime.deserialize_cuda_engine(path.read_bytes())
+        if self.engine is None:
+            raise MgdRtError(f"{path}: {self.library.describe()} could not deserialize this engine "
+                             "(corrupt, or built for another GPU/version than its sidecar says); rebuild it")
+        names = {self.engine.get_tensor_name(i) for i in range(self.engine.num_io_tensors)}
+        if names != {INPUT_NAME, OUTPUT_NAME}:
+            raise MgdRtError(f"{path}: not an mgd-rt engine: I/O {sorted(names)}, expected {INPUT_NAME!r} -> "
+                             f"{OUTPUT_NAME!r}")
+        for name in names:
+            if self.engine.get_tensor_dtype(name) != trt.DataType.FLOAT:
+                raise MgdRtError(f"{path}: {name!r} is {self.engine.get_tensor_dtype(name)}, the contract is float32")
+        lo, _, hi = self.engine.get_tensor_profile_shape(INPUT_NAME, 0)  # (min, opt, max) (B, 3, S, S)
+        self.min_batch, self.max_batch = int(lo[0]), int(hi[0])
+        self.context = self.engine.create_execution_context()
+        self._stream = check_cuda(cudart.cudaStreamCreateWithFlags(cudart.cudaStreamNonBlocking), "cudaStreamCreate")
+        self._closed = False
+        self._buffers: dict[str, int] = {}
+        self._host_in: np.ndarray | None = None
+        self._host_out: np.ndarray | None = None
+        self.cuda_graph = cuda_graph
+        self._graph: tuple[int, Any, Any] | None = None  # (batch, graph, graph exec)
+        log.info("loaded %s (%s, %s, batch %d..%d)", path.name, self.library.describe(), self.precision,
+                 self.min_batch, self.max_batch)
+
+    # buffers -------------------------------------------------------------------------------
+    def _allocate(self) -> None:
+        """Device buffers for the profile's max batch and pinned host buffers (async copies need pinned)."""
+        cudart, s, b = self._cudart, self.image_size, self.max_batch
+        n_in, n_out = b * 3 * s * s, b * s * s  # float32 elements: (B, 3, S, S) in, (B, 1, S, S) out
+        for key, n in (("d_in", n_in), ("d_out", n_out)):
+            self._buffers[key] = int(check_cuda(cudart.cudaMalloc(n * 4), "cudaMalloc"))
+        for key, n in (("h_in", n_in), ("h_out", n_out)):
+            self._buffers[key] = int(check_cuda(cudart.cudaMallocHost(n * 4), "cudaMallocHost"))
+        # numpy views of the pinned memory: (Bmax, 3, S, S) and (Bmax, 1, S, S) float32
+        self._host_in = np.ctypeslib.as_array((ctypes.c_float * n_in).from_address(self._buffers["h_in"]))
+        self._host_in = self._host_in.reshape(b, 3, s, s)
+        self._host_out = np.ctypeslib.as_array((ctypes.c_float * n_out).from_address(self._buffers["h_out"]))
+        self._host_out = self._host_out.reshape(b, 1, s, s)
+
+    # numpy path -----------------------------------------------------------------------------
+    def _run(self, batch: np.ndarray) -> np.ndarray:
+        # the profile bounds the batch: larger batches run in chunks, smaller ones are padded
+        out = [self._run_exact(batch[i : i + self.max_batch]) for i in range(0, batch.shape[0], self.max_batch)]
+        return out[0] if len(out) == 1 else np.concatenate(out)
+
+    def _enqueue(self, b: int, d_in: int, d_out: int, stream: int) -> None:
+        s = self.image_size
+        self.context.set_input_shape(INPUT_NAME, (b, 3, s, s))
+        self.context.set_tensor_address(INPUT_NAME, d_in)
+        self.context.set_tensor_address(OUTPUT_NAME, d_out)
+        if not self.context.execute_async_v3(stream):
+            raise MgdRtError(f"{self.path.name}: TensorRT failed to enqueue a batch of {b}")
+
+    def _copies_and_enqueue(self, b: int) -> None:
+        cudart, buf, s = self._cudart, self._buffers, self.image_size
+        kind = cudart.cudaMemcpyKind
+        check_cuda(cudart.cudaMemcpyAsync(buf["d_in"], buf["h_in"], b * 3 * s * s * 4,
+                                          kind.cudaMemcpyHostToDevice, self._stream), "cudaMemcpyAsync")
+        self._enqueue(b, buf["d_in"], buf["d_out"], int(self._stream))
+        check_cuda(cudart.cudaMemcpyAsync(buf["h_out"], buf["d_out"], b * s * s * 4,
+                                          kind.cudaMemcpyDeviceToHost, self._stream), "cudaMemcpyAsync")
+
+    def _run_exact(self, x: np.ndarray) -> np.ndarray:
+        """(b, 3, S, S) float32 with b <= max batch -> (b, 1, S, S) float32."""
+        if self._closed:
+            raise MgdRtError("the TensorRT backend is closed")
+        if not self._buffers:
+            self._allocate()
+        cudart = self._cudart
+        n = x.shape[0]
+        b = max(n, self.min_batch)
+        self._host_in[:n] = x  # into pinned memory
+        if b > n:
+            self._host_in[n:b] = 0  # padding up to the profile's minimum batch
+        if self.cuda_graph and self._graph is None:
+            self._copies_and_enqueue(b)  # one plain run first: TensorRT initialises lazily on the first enqueue
+            check_cuda(cudart.cudaStreamSynchronize(self._stream), "cudaStreamSynchronize")
+            self._capture(b)
+        if self._graph is not None and self._graph[0] == b:
+            check_cuda(cudart.cudaGraphLaunch(self._graph[2], self._stream), "cudaGraphLaunch")
+        else:
+            self._copies_and_enqueue(b)
+        check_cuda(cudart.cudaStreamSynchronize(self._stream), "cudaStreamSynchronize")
+        return self._host_out[:n].copy()
+
+    def _capture(self, b: int) -> None:
+        """Record copy-in, enqueue and copy-out for batch ``b`` as one CUDA graph (fixed addresses)."""
+        cudart = self._cudart
+        mode = cudart.cudaStreamCaptureMode.cudaStreamCaptureModeThreadLocal
+        check_cuda(cudart.cudaStreamBeginCapture(self._stream, mode), "cudaStreamBeginCapture")
+        try:
+            self._copies_and_enqueue(b)
+        finally:
+            graph = check_cuda(cudart.cudaStreamEndCapture(self._stream), "cudaStreamEndCapture")
+        exec_ = check_cuda(cudart.cudaGraphInstantiate(graph, 0), "cudaGraphInstantiate")
+        self._graph = (b, graph, exec_)
+        log.info("captured a CUDA graph for batch %d", b)
+
+    # torch path ----------------------------------------------------------------------------
+    def infer(self, inputs: Mapping[str, Any] | Any) -> Any:
+        """numpy (B, 3, S, S) float32 -> numpy logits; a torch CUDA tensor -> torch CUDA logits, no copies."""
+        batch = inputs[INPUT_NAME] if isinstance(inputs, Mapping) else inputs
+        if _is_torch_tensor(batch):
+            if not batch.is_cuda:
+                import torch
+
+                return torch.from_numpy(super().infer(batch.detach().numpy()))
+            return self.infer_torch(batch)
+        return super().infer(batch)
+
+    def infer_torch(self, x: Any) -> Any:
+        """torch.float32 CUDA (B, 3, S, S) -> torch.float32 CUDA (B, 1, S, S), enqueued on torch's current stream.
+
+        The caller's memory is bound directly; nothing is copied (a non-contiguous input is made
+        contiguous first) and nothing is synchronised: torch orders later work on the same stream.
+        """
+        import torch
+
+        s = self.image_size
+        if self.check_inputs and (x.dtype != torch.float32 or x.ndim != 4 or tuple(x.shape[1:]) != (3, s, s)):
+            raise MgdRtError(f"tensorrt: input must be a float32 (B, 3, {s}, {s}) tensor, got {x.dtype} "
+                             f"{tuple(x.shape)}")
+        if x.device.index not in (None, self.gpu.index):
+            raise MgdRtError(f"tensorrt: input is on {x.device}, the engine on cuda:{self.gpu.index}")
+        x = x.contiguous()
+        n = x.shape[0]
+        if n < self.min_batch:  # pad up to the profile's minimum (a copy; only for min batch > 1 profiles)
+            x = torch.cat([x, x.new_zeros((self.min_batch - n, 3, s, s))])
+        out = torch.empty((x.shape[0], 1, s, s), dtype=torch.float32, device=x.device)
+        stream = torch.cuda.current_stream(x.device).cuda_stream
+        for i in range(0, x.shape[0], self.max_batch):
+            chunk = x[i : i + self.max_batch]  # a view: contiguous along the batch axis
+            self._enqueue(chunk.shape[0], chunk.data_ptr(), out[i : i + self.max_batch].data_ptr(), stream)
+        return out[:n]
+
+    # lifetime ------------------------------------------------------------------------------
+    def describe(self) -> str:
+        return f"tensorrt on {self.device}, {self.precision}, {self.library.describe()}"
+
+    def close(self) -> None:
+        if self._closed:
+            return
+        self._closed = True
+        cudart = self._cudart
+        if self._graph is not None:
+            cudart.cudaGraphExecDestroy(self._graph[2])
+            cudart.cudaGraphDestroy(self._graph[1])
+            self._graph = None
+        for key, ptr in self._buffers.items():
+            (cudart.cudaFreeHost if key.startswith("h_") else cudart.cudaFree)(ptr)
+        self._buffers.clear()
+        self._host_in = self._host_out = None
+        cudart.cudaStreamDestroy(self._stream)
+        self.context = self.engine = None  # the context goes before the engine
+
+
+__all__ = ["TensorRTBackend", "check_gpu", "check_library"]

@@ -1,0 +1,214 @@
+"""Build stage on the CPU with TensorRT-RTX: tiny FP32 / FP16 (/ INT8) engines, sidecar, bad inputs, cache.
+
+The tiny graph is exported once for the module (~45-90 s on 2 shared cores); each RTX build of it
+takes ~10-15 s (SM 8.9 ahead of time). Error paths and the cache use a one-Conv graph that
+builds in about a second.
+"""
+
+from __future__ import annotations
+
+import json
+from pathlib import Path
+
+import numpy as np
+import onnx
+import pytest
+from conftest import TINY_CHECKPOINT
+from onnx import TensorProto, helper
+
+from mgd_rt.build import (
+    SIDECAR_KEYS,
+    GpuInfo,
+    build_engine,
+    cache_dir,
+    cached_engine,
+    read_sidecar,
+    sidecar_path,
+)
+from mgd_rt.build.sidecar import file_sha256
+from mgd_rt.errors import MgdRtError
+
+needs_rtx = pytest.mark.skipif(
+    __import__("importlib").util.find_spec("tensorrt_rtx") is None,
+    reason="tensorrt_rtx not installed (pip install -e '.[rtx]')",
+)
+_DTYPES = {TensorProto.FLOAT: "float32", TensorProto.FLOAT16: "float16"}
+
+
+@pytest.fixture(scope="module")
+def tiny_onnx(tmp_path_factory) -> Path:
+    if not TINY_CHECKPOINT.is_file():
+        pytest.skip(f"fixture {TINY_CHECKPOINT} missing")
+    from mgd_rt.export import export_onnx
+
+    out = tmp_path_factory.mktemp("build") / "tiny.onnx"
+    export_onnx(TINY_CHECKPOINT, output=out, verify_graph=False)
+    return out
+
+
+def one_conv_graph(path: Path, batch: int | str = "batch", precision: str = "fp32", size: int = 64) -> Path:
+    """image (B, 3, S, S) -> 1x1 Conv -> mask_logits (B, 1, S, S), with mgd-rt metadata: builds in ~1 s."""
+    weight = helper.make_tensor("w", TensorProto.FLOAT, (1, 3, 1, 1), [0.5, -0.25, 0.125])
+    graph = helper.make_graph(
+        [helper.make_node("Conv", ["image", "w"], ["mask_logits"])], "one_conv",
+        [helper.make_tensor_value_info("image", TensorProto.FLOAT, [batch, 3, size, size])],
+        [helper.make_tensor_value_info("mask_logits", TensorProto.FLOAT, [batch, 1, size, size])], [weight])
+    model = helper.make_model(graph, opset_imports=[helper.make_opsetid("", 18)], ir_version=8)
+    meta = {"variant": "synthetic", "image_size": str(size), "precision": precision, "mean": "0.485,0.456,0.406",
+            "std": "0.229,0.224,0.225", "checkpoint_sha256": "untrained"}
+    helper.set_model_props(model, meta)
+    onnx.save(model, path)
+    return path
+
+
+def _graph_io(path: Path) -> tuple[list, list]:
+    model = onnx.load(str(path), load_external_data=False)
+
+    def io(values):
+        return [{"name": v.name, "dtype": _DTYPES[v.type.tensor_type.elem_type],
+                 "shape": [d.dim_value if d.HasField("dim_value") else -1 for d in v.type.tensor_type.shape.dim]}
+                for v in values]
+
+    return io(model.graph.input), io(model.graph.output)
+
+
+@needs_rtx
+def test_fp32_engine_and_sidecar(tiny_onnx, tmp_path):
+    """The FP32 graph builds (SM 8.9, ahead of time); the sidecar is complete and matches the graph."""
+    import tensorrt_rtx
+
+    engine = tmp_path / "tiny.fp32.engine"
+    result = build_engine(tiny_onnx, output=engine, batch="1:2:4", targets="sm89", opt_level=0,
+                          timing_cache=tmp_path / "timing.cache", library="tensorrt_rtx")
+    assert result.path == engine and engine.stat().st_size == result.engine_bytes > 1_000_000
+    side = read_sidecar(engine)
+    assert side == json.loads(sidecar_path(engine).read_text()) == result.sidecar
+    assert set(SIDECAR_KEYS) <= set(side)
+    assert side["library"] == {"name": "tensorrt_rtx", "version": tensorrt_rtx.__version__}
+    assert side["precision"] == "fp32" and side["source"]["precision"] == "fp32" and side["strongly_typed"]
+    assert side["source"]["sha256"] == file_sha256(tiny_onnx)
+    meta = {p.key: p.value for p in onnx.load(str(tiny_onnx), load_external_data=False).metadata_props}
+    assert side["source"]["metadata"] == meta and side["image_size"] == int(meta["image_size"]) == 512
+    inputs, outputs = _graph_io(tiny_onnx)
+    assert side["inputs"] == inputs and side["outputs"] == outputs
+    assert side["profile"] == {"input": "image", "min": [1, 3, 512, 512], "opt": [2, 3, 512, 512],
+                               "max": [4, 3, 512, 512]}
+    assert side["targets"] == {"compute_capabilities": ["sm89"]}
+    assert side["build"]["flags"]["opt_level"] == 0 and side["build"]["seconds"] > 0
+    assert "not used" in side["build"]["flags"]["timing_cache"]  # TensorRT-RTX has none; recorded, not hidden
+    assert sorted(p.name for p in tmp_path.iterdir()) == ["tiny.fp32.engine", "tiny.fp32.engine.json"]
+    print("\n".join(result.lines()))
+
+
+@needs_rtx
+def test_fp16_engine_from_fp32_graph_via_cli(tiny_onnx, capsys):
+    """`mgd-rt build --fp16` converts the FP32 graph on the fly (strongly typed) and writes model.fp16.engine."""
+    from mgd_rt.cli import main
+
+    assert main(["build", str(tiny_onnx), "--fp16", "--rtx", "--target", "sm89,sm120", "--opt-level", "0"]) == 0
+    engine = tiny_onnx.with_name("tiny.fp16.engine")
+    side = read_sidecar(engine)
+    assert side["precision"] == "fp16" and side["source"]["precision"] == "fp32"
+    assert "FP16" in side["source"]["derived"]
+    assert side["targets"]["compute_capabilities"] == ["sm89", "sm120"]
+    assert side["inputs"][0]["dtype"] == side["outputs"][0]["dtype"] == "float32"  # contract: FP32 I/O
+    assert "done: engine built" in capsys.readouterr().out
+
+
+@needs_rtx
+def test_int8_engine_from_calibration(tiny_onnx, tmp_path):
+    try:
+        from mgd_rt.calibration import calibrate  # noqa: F401
+    except ImportError:
+        pytest.skip("mgd_rt.calibration not available")
+    from PIL import Image
+    from skimage import data
+
+    images = tmp_path / "calib"
+    images.mkdir()
+    for name in ("astronaut", "coffee"):
+        Image.fromarray(getattr(data, name)()).save(images / f"{name}.png")
+    result = build_engine(tiny_onnx, "int8", output=tmp_path / "tiny.int8.engine", calib_images=images,
+                          targets="sm89", opt_level=0, library="tensorrt_rtx",
+                          calibration_options={"num_images": 2})
+    assert result.sidecar["precision"] == "int8" and "calibrated" in result.sidecar["source"]["derived"]
+    assert result.sidecar["source"]["precision"] == "fp32"
+    print("\n".join(result.lines()))
+
+
+def test_bad_inputs_are_one_line_errors_and_write_nothing(tmp_path):
+    graph = one_conv_graph(tmp_path / "g.onnx")
+    not_onnx = tmp_path / "notes.onnx"
+    not_onnx.write_text("this is not a graph\n")
+    int8 = one_conv_graph(tmp_path / "g.int8.onnx", precision="int8")
+    fixed = one_conv_graph(tmp_path / "fixed.onnx", batch=2)
+    before = sorted(tmp_path.iterdir())
+    cases = [
+        (dict(onnx_path=not_onnx), "not an ONNX graph"),
+        (dict(onnx_path=tmp_path / "missing.onnx"), "no such file"),
+        (dict(onnx_path=int8, precision="fp16"), "is a int8 graph; build fp16 from the FP32 graph"),
+        (dict(onnx_path=graph, precision="int8"), "pass --calib-images DIR"),
+        (dict(onnx_path=graph, batch="4:2:1"), "1 <= MIN <= OPT <= MAX"),
+        (dict(onnx_path=graph, batch="1:x:4"), "use MIN:OPT:MAX"),
+        (dict(onnx_path=fixed, batch="1:2:4"), "fixed batch of 2, so the profile can only be 2:2:2"),
+        (dict(onnx_path=graph, output=tmp_path / "no" / "such" / "g.engine"), "does not exist"),
+        (dict(onnx_path=graph, output=tmp_path / "g.plan"), "must end in .engine"),
+        (dict(onnx_path=graph, targets="sm99"), "--target sm99: choose from"),
+        (dict(onnx_path=graph, opt_level=7), "--opt-level 7"),
+    ]
+    for kwargs, message in cases:
+        with pytest.raises(MgdRtError, match=message.replace("(", r"\(")) as info:
+            build_engine(library="tensorrt_rtx" if _has_rtx() else "auto", **kwargs)
+        assert "\n" not in str(info.value)
+    assert sorted(tmp_path.iterdir()) == before  # nothing half-written
+
+
+def _has_rtx() -> bool:
+    import importlib.util
+
+    return importlib.util.find_spec("tensorrt_rtx") is not None
+
+
+def test_cli_flags_match_script(tmp_path, capsys):
+    """`mgd-rt build` and `python export/build_trt.py` share one parser; errors are one line, exit 1."""
+    import argparse
+    import importlib.util
+
+    from mgd_rt.cli import build_parser
+    from mgd_rt.cli.build import add_build_arguments
+
+    script = argparse.ArgumentParser()
+    add_build_arguments(script)
+    sub = build_parser()._subparsers._group_actions[0].choices["build"]
+    assert sorted(a.dest for a in script._actions) == sorted(a.dest for a in sub._actions)
+    spec = importlib.util.spec_from_file_location("build_trt", Path(__file__).parents[1] / "export" / "build_trt.py")
+    module = importlib.util.module_from_spec(spec)
+    spec.loader.exec_module(module)
+    bad = tmp_path / "bad.onnx"
+    bad.write_bytes(np.arange(64, dtype=np.uint8).tobytes())
+    assert module.main([str(bad), "--fp16"]) == 1
+    err = capsys.readouterr().err.strip().splitlines()
+    assert len(err) == 1 and err[0].startswith("mgd-rt: error:") and "bad.onnx" in err[0]
+
+
+@needs_rtx
+def test_engine_cache_reuses_and_rebuilds_on_key_change(tmp_path, monkeypatch, caplog):
+    """Same key: reused, not rebuilt; another profile: rebuilt, and the log says which field changed."""
+    import logging
+
+    graph = one_conv_graph(tmp_path / "g.onnx")
+    monkeypatch.setenv("MGD_RT_ENGINE_CACHE", str(tmp_path / "cache"))
+    assert cache_dir() == tmp_path / "cache"
+    gpu = GpuInfo("NVIDIA GeForce RTX 4090", "8.9")  # no GPU here: the RTX build targets its SM
+    caplog.set_level(logging.INFO, logger="mgd_rt")
+    engine = cached_engine(graph, library="tensorrt_rtx", gpu=gpu, opt_level=0)
+    key = read_sidecar(engine)["cache_key"]
+    assert key["gpu"] == gpu.name and key["compute_capability"] == "8.9" and key["profile"] == "1:1:4"
+    assert key["graph_sha256"] == file_sha256(graph) and key["precision"] == "fp32"
+    stamp = engine.stat().st_mtime_ns
+    assert cached_engine(graph, library="tensorrt_rtx", gpu=gpu, opt_level=0) == engine
+    assert engine.stat().st_mtime_ns == stamp and "reusing" in caplog.text
+    caplog.clear()
+    assert cached_engine(graph, batch="1:1:2", library="tensorrt_rtx", gpu=gpu, opt_level=0) == engine
+    assert "stale (profile '1:1:4' -> '1:1:2')" in caplog.text
+    assert read_sidecar(engine)["cache_key"]["profile"] == "1:1:2"
