@@ -11,9 +11,10 @@ __version__ = "0.1.0"
 
 if TYPE_CHECKING:
     from mgd_rt.checkpoint import load_model
+    from mgd_rt.evaluate import evaluate
     from mgd_rt.runtime import Segmenter
 
-__all__ = ["Segmenter", "__version__", "load_model"]
+__all__ = ["Segmenter", "__version__", "evaluate", "load_model"]
 
 
 def __getattr__(name: str) -> Any:
@@ -25,4 +26,8 @@ def __getattr__(name: str) -> Any:
         from mgd_rt.runtime import Segmenter
 
         return Segmenter
+    if name == "evaluate":  # DIS metrics (the eval extra); light like Segmenter
+        from mgd_rt.evaluate import evaluate
+
+        return evaluate
     raise AttributeError(f"module 'mgd_rt' has no attribute {name!r}")
