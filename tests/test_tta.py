@@ -168,3 +168,19 @@ def test_infer_cli_tta_flip_writes_the_library_matte(tmp_path):
     with Segmenter(TINY_CHECKPOINT, device="cpu", tta="flip") as seg:
         (result,) = seg.stream([photo])
     np.testing.assert_array_equal(written, result.matte())
+
+
+@pytest.mark.slow
+def test_paper_on_exported_graphs_matches_pytorch(tmp_path):
+    """The tiny model exported at 384/512/640 with --paper-codes: ONNX Runtime paper TTA = PyTorch's (minutes)."""
+    from mgd_rt.export import export_onnx_sizes
+
+    results = export_onnx_sizes([384, 512, 640], tmp_path / "tiny.onnx", paper_codes=True,
+                                checkpoint=TINY_CHECKPOINT, verify_graph=False)
+    assert [r.path.name for r in results] == ["tiny.s384.onnx", "tiny.s512.onnx", "tiny.s640.onnx"]
+    photo = data.coffee()
+    with Segmenter(tmp_path / "tiny.s512.onnx", device="cpu", tta="paper") as graphs, \
+            Segmenter(TINY_CHECKPOINT, device="cpu", tta="paper") as eager:
+        assert "384 grid (the authors' quirk, baked" in graphs.describe()
+        (a,), (b,) = eager.stream([photo]), graphs.stream([photo])
+    assert compare_logits(a.logits, b.logits, "fp32", "paper TTA: ONNX Runtime vs PyTorch")
