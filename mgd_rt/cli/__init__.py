@@ -21,6 +21,7 @@ COMMANDS = [
     "mgd_rt.cli.verify",
     "mgd_rt.cli.infer",
     "mgd_rt.cli.demo",
+    "mgd_rt.cli.bench",
     "mgd_rt.cli.eval",
     "mgd_rt.cli.build",
 ]

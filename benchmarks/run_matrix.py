@@ -1,0 +1,299 @@
+#!/usr/bin/env python3
+"""The standard benchmark matrix: MGD-SAM2 B+ at S=1024 on whatever machine this runs on.
+
+Rows (each through the runtime's backends, via :func:`mgd_rt.bench.bench`):
+  PyTorch FP32 eager (the baseline the authors' code gives), PyTorch bf16 autocast (CPU) or
+  fp16 + bf16 autocast (CUDA), ONNX Runtime FP32, ONNX Runtime FP16 graph where ONNX Runtime
+  has a GPU provider, ONNX Runtime INT8 (graph from mgd_rt.calibration), TensorRT FP16/INT8
+  where a TensorRT backend and GPU exist. Whatever cannot run is listed with the reason.
+
+Writes benchmarks/results/<machine>.json (raw timings, environment, load average), .png and
+.md (the summary table for the README). Run from a checkout, installed or not:
+
+    python3 benchmarks/run_matrix.py                       # CPU: warm-up 1, 3 timed calls
+    python3 benchmarks/run_matrix.py --device cuda         # GPU: warm-up until stable, 50 calls
+"""
+
+from __future__ import annotations
+
+import argparse
+import inspect
+import json
+import logging
+import os
+import re
+import sys
+import time
+from pathlib import Path
+
+HERE = Path(__file__).resolve().parent
+sys.path.insert(0, str(HERE.parent))  # the repository, so an uninstalled checkout runs too
+
+from mgd_rt.bench import bench, load_photos  # noqa: E402
+from mgd_rt.errors import MgdRtError  # noqa: E402
+from mgd_rt.runtime.backends import BACKENDS  # noqa: E402
+
+log = logging.getLogger("mgd_rt")
+
+
+def _slug(text: str) -> str:
+    text = re.sub(r"\(r\)|\(tm\)|nvidia|intel|processor|cpu", "", text.lower())
+    return re.sub(r"[^a-z0-9]+", "-", text).strip("-") or "unknown"
+
+
+def _device(asked: str | None) -> str:
+    if asked:
+        return asked
+    try:
+        import torch
+
+        return "cuda" if torch.cuda.is_available() else "cpu"
+    except ImportError:
+        return "cpu"
+
+
+def _ort_gpu() -> tuple[bool, str]:
+    try:
+        import onnxruntime as ort
+    except ImportError:
+        return False, "onnxruntime is not installed"
+    providers = ort.get_available_providers()
+    gpu = any(p in providers for p in ("CUDAExecutionProvider", "TensorrtExecutionProvider"))
+    return gpu, f"onnxruntime {ort.__version__} has providers {', '.join(providers)}"
+
+
+def _export(args: argparse.Namespace, workdir: Path, fp16: bool, unavailable: list[dict]) -> Path | None:
+    """The FP32 master graph (and FP16 beside it), exported once into ``workdir`` and reused."""
+    try:
+        from mgd_rt.export import export_onnx, fp16_path
+    except ImportError as exc:
+        unavailable.append({"name": "onnxruntime (all)", "reason": f"export needs the export extra ({exc})"})
+        return None
+    tag = "trained" if args.checkpoint else "untrained"
+    path = workdir / f"mgd_sam2_{_slug(args.variant)}_{args.image_size}_{tag}.onnx"
+    if path.is_file() and (not fp16 or fp16_path(path).is_file()):
+        log.info("reusing %s", path)
+        return path
+    t0 = time.perf_counter()
+    try:
+        export_onnx(args.checkpoint, args.variant, args.image_size, output=path, fp16=fp16, verify_graph=False)
+    except Exception as exc:  # recorded: the PyTorch rows still run
+        unavailable.append({"name": "onnxruntime (all)", "reason": f"export failed: {type(exc).__name__}: {exc}"})
+        return None
+    log.info("exported %s in %.0f s", path, time.perf_counter() - t0)
+    return path
+
+
+def _call(fn, *args, **kwargs):
+    """Call ``fn`` with the keyword arguments it accepts (other stages' signatures may still grow)."""
+    params = inspect.signature(fn).parameters
+    return fn(*args, **{k: v for k, v in kwargs.items() if k in params})
+
+
+def _int8(fp32: Path, workdir: Path, args: argparse.Namespace, unavailable: list[dict]) -> Path | None:
+    """The INT8 Q/DQ graph from mgd_rt.calibration.calibrate (another stage), made once and reused."""
+    if args.skip_int8:
+        unavailable.append({"name": "onnxruntime int8", "reason": "skipped (--skip-int8)"})
+        return None
+    try:
+        from mgd_rt.calibration import calibrate
+    except ImportError as exc:
+        reason = "not available: mgd_rt.calibration missing" if "mgd_rt.calibration" in str(exc) else \
+            f"not available: mgd_rt.calibration cannot be imported ({exc})"
+        unavailable.append({"name": "onnxruntime int8", "reason": reason})
+        return None
+    out = fp32.with_name(fp32.stem + ".int8.onnx")
+    if out.is_file():
+        log.info("reusing %s", out)
+        return out
+    from PIL import Image
+
+    calib = workdir / "calibration_photos"
+    calib.mkdir(parents=True, exist_ok=True)
+    for i, (_, img) in enumerate(load_photos(None, args.calibration_photos)):
+        Image.fromarray(img).save(calib / f"{i:03d}.png")
+    t0 = time.perf_counter()
+    try:
+        path = Path(_call(calibrate, fp32, images=calib, num_images=args.calibration_photos, output=out))
+    except Exception as exc:  # recorded: the other rows still run
+        unavailable.append({"name": "onnxruntime int8", "reason": f"calibrate failed: {type(exc).__name__}: {exc}"})
+        return None
+    log.info("calibrated %s in %.0f s", path, time.perf_counter() - t0)
+    return path
+
+
+def _tensorrt(graphs: dict[str, Path], device: str, workdir: Path, unavailable: list[dict]) -> list[Path]:
+    """TensorRT FP16/INT8 engines built with mgd_rt.build, where the backend table has TensorRT and a GPU is here."""
+    engines: list[Path] = []
+    common = None
+    if "tensorrt" not in BACKENDS:
+        common = "no TensorRT backend in mgd_rt.runtime.backends.BACKENDS (rows: " + ", ".join(BACKENDS) + ")"
+    elif not device.startswith("cuda"):
+        common = "TensorRT needs an NVIDIA GPU; this run is on the CPU"
+    else:
+        try:
+            from mgd_rt.build import build_engine
+        except ImportError as exc:
+            common = f"mgd_rt.build cannot be imported ({exc})"
+    for precision in ("fp16", "int8"):
+        name = f"tensorrt {precision}"
+        if common is not None:
+            unavailable.append({"name": name, "reason": common})
+            continue
+        # FP16 from the FP16 graph where there is one (strongly typed TensorRT), INT8 from the Q/DQ graph
+        graph = graphs.get(precision) or (graphs.get("fp32") if precision == "fp16" else None)
+        if graph is None:
+            unavailable.append({"name": name, "reason": f"no {precision} ONNX graph to build from (see above)"})
+            continue
+        try:
+            engine = workdir / f"{graph.stem}.{precision}.engine"
+            result = _call(build_engine, graph, precision=precision, output=engine, progress=False)
+            engines.append(Path(getattr(result, "path", result)))
+        except Exception as exc:
+            unavailable.append({"name": name, "reason": f"build failed: {type(exc).__name__}: {exc}"})
+    return engines
+
+
+def main(argv: list[str] | None = None) -> int:
+    parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
+    parser.add_argument("--device", default=None, help="cpu or cuda (default: CUDA when usable)")
+    parser.add_argument("--variant", default="b+")
+    parser.add_argument("--image-size", type=int, default=1024)
+    parser.add_argument("--checkpoint", default=None, help="real weights (default: seeded UNTRAINED)")
+    parser.add_argument("--batch", default=None, help="batch sizes (default: 1 on the CPU, 1,8 on CUDA)")
+    parser.add_argument("--warmup", type=int, default=None, help="default: 1 on the CPU, 10 on CUDA (+ until stable)")
+    parser.add_argument("--iters", type=int, default=None, help="timed calls (default: 3 on the CPU, 50 on CUDA)")
+    parser.add_argument("--ort-fp16", action="store_true", help="also run the FP16 graph on ONNX Runtime's CPU")
+    parser.add_argument("--calibration-photos", type=int, default=4, help="images for INT8 calibration")
+    parser.add_argument("--skip-int8", action="store_true", help="no INT8 calibration (it takes minutes on a CPU)")
+    parser.add_argument("--workdir", default=str(HERE / "work"), help="exported graphs (reused; never committed)")
+    parser.add_argument("--results", default=str(HERE / "results"))
+    parser.add_argument("--name", default=None, help="result file name (default: from the CPU or GPU model)")
+    args = parser.parse_args(argv)
+    # our progress at INFO; the exporter's libraries stay at WARNING (their INFO is pages of noise)
+    logging.basicConfig(level=logging.WARNING, format="run_matrix: %(message)s", stream=sys.stderr)
+    log.setLevel(logging.INFO)
+
+    start = time.perf_counter()
+    device = _device(args.device)
+    cuda = device.startswith("cuda")
+    batches = [int(b) for b in (args.batch or ("1,8" if cuda else "1")).split(",")]
+    warmup = args.warmup if args.warmup is not None else (10 if cuda else 1)
+    iters = args.iters if args.iters is not None else (50 if cuda else 3)
+    workdir = Path(args.workdir)
+    workdir.mkdir(parents=True, exist_ok=True)
+    base = args.checkpoint or args.variant  # a variant name = seeded UNTRAINED weights
+    models: list[str | Path] = [base]
+    dtypes = ["fp32", "fp16", "bf16"] if cuda else ["fp32", "bf16"]
+    unavailable: list[dict] = []
+    if not cuda:
+        unavailable.append({"name": "torch fp16", "reason": "CPU: bf16 autocast instead (the torch backend refuses "
+                                                            "fp16 on the CPU: slow and less accurate than bf16)"})
+
+    ort_gpu, ort_why = _ort_gpu()
+    run_ort = ort_gpu or not cuda  # ONNX Runtime rows run where ORT can use the device asked for
+    graphs: dict[str, Path] = {}
+    if cuda and not ort_gpu:
+        unavailable.append({"name": "onnxruntime fp32/fp16/int8", "reason": f"no GPU provider: {ort_why}; "
+                            "ONNX Runtime rows need onnxruntime-gpu on this machine"})
+    trt_wanted = cuda and "tensorrt" in BACKENDS
+    if run_ort or trt_wanted:  # TensorRT builds from the same graphs
+        want_fp16 = cuda or args.ort_fp16
+        fp32 = _export(args, workdir, want_fp16, unavailable)
+        if fp32 is not None:
+            graphs["fp32"] = fp32
+            if want_fp16:
+                from mgd_rt.export import fp16_path
+
+                graphs["fp16"] = fp16_path(fp32)
+            elif run_ort:
+                unavailable.append({"name": "onnxruntime fp16", "reason": "not meaningful on ONNX Runtime's CPU "
+                                    f"provider ({ort_why}): FP16 runs through casts there; --ort-fp16 runs it"})
+            int8 = _int8(fp32, workdir, args, unavailable)
+            if int8 is not None:
+                graphs["int8"] = int8
+    if run_ort:
+        models.extend(graphs.values())
+    models.extend(_tensorrt(graphs, device, workdir, unavailable))
+
+    from mgd_rt.bench import cpu_info
+
+    info = cpu_info()
+    name = args.name
+    if name is None:
+        if cuda:
+            import torch
+
+            name = "cuda-" + _slug(torch.cuda.get_device_name(torch.device(device)))
+        else:
+            name = f"cpu-{_slug(info['model'])}-{info['logical_cpus']}cpu"
+    results = Path(args.results)
+    json_path = results / f"{name}.json"
+
+    def progress(r: object) -> None:
+        lat = getattr(r, "latency_ms", {}) or {}
+        log.info("%s %s %s B=%s: %s", r.label, r.backend, r.precision, r.batch,  # type: ignore[attr-defined]
+                 f"mean {lat['mean']:.1f} ms" if lat else r.error)  # type: ignore[attr-defined]
+
+    try:
+        report = bench(models, batches=batches, warmup=warmup, iters=iters, device=device, dtypes=dtypes,
+                       reference=base, output=json_path, image_size=args.image_size, unavailable=unavailable,
+                       photos=max(batches), on_result=progress)
+    except MgdRtError as exc:
+        print(f"run_matrix: error: {exc}", file=sys.stderr)
+        return 1
+    # the matrix's own facts, beside what bench recorded
+    data = json.loads(json_path.read_text())
+    data["matrix"] = {"script": "benchmarks/run_matrix.py", "argv": sys.argv[1:] if argv is None else argv,
+                      "variant": args.variant, "image_size": args.image_size,
+                      "weights": args.checkpoint or "seeded UNTRAINED (load_model without a checkpoint)",
+                      "wall_s": time.perf_counter() - start,
+                      "load_average_end": list(os.getloadavg()) if hasattr(os, "getloadavg") else None}
+    json_path.write_text(json.dumps(data, indent=1) + "\n")
+    md = summary_markdown(data)
+    json_path.with_suffix(".md").write_text(md)
+    print(report.table())
+    print()
+    print(md)
+    print(f"wrote {json_path}, {report.chart_path}, {json_path.with_suffix('.md')} "
+          f"in {time.perf_counter() - start:.0f} s", file=sys.stderr)
+    return 0 if report.ok else 1
+
+
+def summary_markdown(data: dict) -> str:
+    """The README summary: each speed as a ratio to PyTorch FP32 measured in the same run."""
+    env = data["environment"]
+    gpu = env.get("gpu")
+    where = gpu["name"] if gpu else f"{env['cpu']['model']}, {env['cpu']['logical_cpus']} logical CPUs"
+    load = env.get("load_average_start")
+    loads = f"; load average at start {load[0]:.2f}" if load else ""
+    lines = [f"**{where}** ({data['created']}{loads})\n\n",
+             "| model | backend | precision | batch | p50 ms | mean ms | images/s | x PyTorch FP32 | "
+             "% of peak | max abs delta / std | sigmoid MAE | IoU top 10% |\n",
+             "|---|---|---|---|---|---|---|---|---|---|---|---|\n"]
+    for r in data["results"]:
+        if r["status"] != "ok":
+            lines.append(f"| {r['label']} | {r['backend']} | {r['precision']} | {r['batch']} | "
+                         f"not run: {r['error']} ||||||||\n")
+            continue
+        acc = r.get("accuracy") or {}
+
+        def f(v: float | None, spec: str) -> str:
+            return format(v, spec) if v is not None else "-"
+
+        lines.append(
+            f"| {r['label']} | {r['backend']} | {r['precision']} | {r['batch']} | {r['latency_ms']['p50']:.1f} | "
+            f"{r['latency_ms']['mean']:.1f} | {r['images_per_s']:.3f} | {f(r['vs_torch_fp32'], '.2f')} | "
+            f"{f(None if r['peak_fraction'] is None else 100 * r['peak_fraction'], '.2f')} | "
+            f"{f(acc.get('max_rel_std'), '.1e')} | {f(acc.get('sigmoid_mae'), '.1e')} | "
+            f"{f(acc.get('iou_top10'), '.4f')} |\n")
+    for u in data.get("unavailable", []):
+        lines.append(f"\nNot run: {u['name']}: {u['reason']}")
+    flops = {k: v.get("gflops_per_image") for k, v in data.get("flops", {}).items()}
+    lines.append(f"\n\nGFLOPs per image: {', '.join(f'{k} {v:.0f}' for k, v in flops.items() if v)}; "
+                 f"peak used: {data['peak'].get('name')} ({data['peak'].get('source')})\n")
+    return "".join(lines)
+
+
+if __name__ == "__main__":
+    sys.exit(main())

@@ -1,0 +1,87 @@
+"""``mgd-rt bench``: latency, throughput, memory and accuracy per model, precision and batch size."""
+
+from __future__ import annotations
+
+import argparse
+import sys
+
+
+def _ints(text: str) -> list[int]:
+    try:
+        values = [int(v) for v in text.split(",") if v.strip()]
+    except ValueError:
+        raise argparse.ArgumentTypeError(f"{text!r}: give comma-separated integers, e.g. 1,2,4,8") from None
+    if not values or min(values) < 1:
+        raise argparse.ArgumentTypeError(f"{text!r}: batch sizes must be positive")
+    return values
+
+
+def _dtypes(text: str) -> list[str]:
+    values = [v.strip() for v in text.split(",") if v.strip()]
+    bad = [v for v in values if v not in ("fp32", "fp16", "bf16")]
+    if not values or bad:
+        raise argparse.ArgumentTypeError(f"{text!r}: choose from fp32, fp16, bf16 (comma-separated)")
+    return values
+
+
+def register(subparsers: argparse._SubParsersAction) -> None:
+    parser = subparsers.add_parser(
+        "bench",
+        help="latency, throughput, memory and accuracy per model, precision and batch size",
+        description="Time models through the runtime's backends: latency min/p50/p90/p99/mean, images/s, peak "
+        "memory, FLOPs and fraction of the machine's peak, accuracy against PyTorch FP32 (--reference). Prints a "
+        "table; -o writes the JSON (every raw timing and the environment) and a PNG chart beside it.",
+    )
+    parser.add_argument("models", metavar="MODEL", nargs="+",
+                        help="checkpoint (.pth/.pt/.safetensors: PyTorch eager), .onnx (ONNX Runtime), engine "
+                        "(TensorRT, where installed), or a variant name (b+, tiny, ...) for seeded UNTRAINED weights")
+    parser.add_argument("--batch", type=_ints, default=[1], metavar="1,2,4,8", help="batch sizes (default: 1)")
+    parser.add_argument("--warmup", type=int, default=3, metavar="N",
+                        help="warm-up calls (default 3; on CUDA more until 3 calls agree within 5%%)")
+    count = parser.add_mutually_exclusive_group()
+    count.add_argument("--iters", type=int, default=None, metavar="N", help="timed calls per result (default: 10)")
+    count.add_argument("--seconds", type=float, default=None, metavar="S", help="time calls for S seconds instead")
+    parser.add_argument("--device", default=None, help="cpu, cuda or cuda:N (default: CUDA when usable, else cpu)")
+    parser.add_argument("--dtype", type=_dtypes, default=None, metavar="fp32,bf16",
+                        help="PyTorch precisions to run each checkpoint in (default fp32; fp16/bf16 = autocast); "
+                        "an .onnx graph or engine runs in its own precision, which is reported")
+    parser.add_argument("--image-size", type=int, default=None, metavar="S",
+                        help="model input side for checkpoints and variant names (default: the variant's)")
+    parser.add_argument("--compile", action="store_true", help="PyTorch models: torch.compile before timing")
+    parser.add_argument("--end-to-end", nargs="+", default=None, metavar="IMAGES",
+                        help="also time image files (files, folders, globs) from disk to written matte, by stage")
+    parser.add_argument("--reference", metavar="CKPT", default=None,
+                        help="PyTorch FP32 model (checkpoint or variant name) to measure accuracy against")
+    parser.add_argument("-o", "--output", metavar="results.json", default=None,
+                        help="write the JSON here and the chart beside it (.png)")
+    parser.add_argument("--chart", metavar="PNG", default=None, help="chart path (default: the JSON's with .png)")
+    parser.set_defaults(func=run, parser=parser)
+
+
+def run(args: argparse.Namespace) -> int:
+    from mgd_rt.bench import bench
+
+    if args.warmup < 0:
+        args.parser.error("--warmup must be 0 or more")
+    if args.iters is not None and args.iters < 1:
+        args.parser.error("--iters must be at least 1")
+    if args.seconds is not None and args.seconds <= 0:
+        args.parser.error("--seconds must be positive")
+    # a flag left out means the library's default (style.md): only pass what was given
+    counts = {k: v for k, v in (("iters", args.iters), ("seconds", args.seconds)) if v is not None}
+    report = bench(
+        args.models, batches=args.batch, warmup=args.warmup, device=args.device, dtypes=args.dtype,
+        end_to_end=args.end_to_end, reference=args.reference, output=args.output, chart=args.chart,
+        image_size=args.image_size, compile=args.compile, **counts,
+    )
+    print(report.table())
+    for r in report.results:
+        if r.end_to_end:
+            s = r.end_to_end["stage_s_per_image"]
+            print(f"end-to-end {r.label} B={r.batch}: {r.end_to_end['images']} image(s), "
+                  f"{r.end_to_end['images_per_s']:.3f} images/s; per image: "
+                  + ", ".join(f"{k} {v * 1e3:.1f} ms" for k, v in s.items() if v is not None))
+    if report.chart_path:
+        print(f"chart: {report.chart_path}")
+    print(report.line(), file=sys.stderr)
+    return 0 if report.ok else 1
