@@ -24,6 +24,7 @@ COMMANDS = [
     "mgd_rt.cli.bench",
     "mgd_rt.cli.eval",
     "mgd_rt.cli.build",
+    "mgd_rt.cli.calibrate",
 ]
 
 

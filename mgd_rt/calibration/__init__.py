@@ -1,0 +1,24 @@
+"""Calibration stage: FP32 model.onnx + images -> model.int8.onnx (explicit Q/DQ), measured.
+
+``calibrate`` is the one entry point (``mgd-rt calibrate`` and ``python calibration/calibrate.py``
+are thin over it); ``accuracy_report`` compares the INT8 graph with the FP32 one on held-out
+images; ``sensitivity.sweep`` finds the layers whose quantization costs accuracy; the
+default exclusions live in ``exclusions.py``.
+"""
+
+from __future__ import annotations
+
+from mgd_rt.calibration.exclusions import DEFAULT_EXCLUDE_OP_TYPES, FULL_RESOLUTION_DIVISOR
+from mgd_rt.calibration.quantize import CALIBRATION_KEYS, METHODS, calibrate, int8_path
+from mgd_rt.calibration.report import AccuracyReport, accuracy_report
+
+__all__ = [
+    "CALIBRATION_KEYS",
+    "DEFAULT_EXCLUDE_OP_TYPES",
+    "FULL_RESOLUTION_DIVISOR",
+    "METHODS",
+    "AccuracyReport",
+    "accuracy_report",
+    "calibrate",
+    "int8_path",
+]

@@ -1,0 +1,199 @@
+"""FP32 graph + calibration images -> INT8 Q/DQ graph, with NVIDIA ModelOpt's ONNX PTQ on the CPU."""
+
+from __future__ import annotations
+
+import logging
+import os
+import shutil
+import tempfile
+import time
+from pathlib import Path
+
+import numpy as np
+
+from mgd_rt.calibration import data as calib_data
+from mgd_rt.calibration.exclusions import DEFAULT_EXCLUDE_OP_TYPES, default_excluded_nodes, match_patterns
+from mgd_rt.contract import IMAGENET_MEAN, IMAGENET_STD, INPUT_NAME
+from mgd_rt.errors import MgdRtError
+
+log = logging.getLogger("mgd_rt")
+
+METHODS = ("entropy", "max", "percentile")
+# ops that mean a graph is already quantized
+QUANTIZED_OPS = {"QuantizeLinear", "DequantizeLinear", "QLinearConv", "QLinearMatMul", "MatMulInteger",
+                 "ConvInteger", "DynamicQuantizeLinear"}
+# metadata written beside contract.METADATA_KEYS (precision becomes "int8")
+CALIBRATION_KEYS: dict[str, str] = {
+    "calibration_method": "entropy, max or percentile",
+    "calibration_images": "number of images calibrated on, decimal",
+    "calibration_images_sha256": "sha256 of the sorted (name, content sha256) list of those images",
+    "calibration_source": "the folder given, or 'scikit-image' for the default photos",
+    "int8_fp32_nodes": "number of compute nodes kept in FP32 (default exclusions + --exclude)",
+}
+
+
+def int8_path(path: str | Path) -> Path:
+    """model.onnx -> model.int8.onnx, next to it."""
+    path = Path(path)
+    return path.with_name(f"{path.stem}.int8{path.suffix}")
+
+
+def _float_list(text: str | None, default: tuple[float, ...]) -> tuple[float, ...]:
+    return tuple(float(v) for v in text.split(",")) if text else default
+
+
+def load_fp32_graph(onnx_path: Path):
+    """The FP32 master graph and its metadata; FP16, quantized or unreadable graphs are refused."""
+    import onnx
+
+    from mgd_rt.export.graph import read_metadata
+
+    if onnx_path.suffix != ".onnx":
+        raise MgdRtError(f"{onnx_path}: calibrate takes the FP32 .onnx graph from mgd-rt export")
+    if not onnx_path.is_file():
+        raise MgdRtError(f"{onnx_path}: no such file (export one with mgd-rt export)")
+    try:
+        model = onnx.load(str(onnx_path))
+    except Exception as exc:
+        raise MgdRtError(f"{onnx_path}: not a readable ONNX graph ({exc})") from None
+    meta = read_metadata(model)
+    quantized = sorted({n.op_type for n in model.graph.node} & QUANTIZED_OPS)
+    if quantized or meta.get("precision") == "int8":
+        raise MgdRtError(
+            f"{onnx_path}: already quantized ({', '.join(quantized) or 'precision int8'}): "
+            "calibrate the FP32 graph mgd-rt export wrote"
+        )
+    halves = any(t.data_type == onnx.TensorProto.FLOAT16 for t in model.graph.initializer)
+    if meta.get("precision") == "fp16" or halves:
+        raise MgdRtError(
+            f"{onnx_path}: an FP16 graph; INT8 ranges must be measured on FP32: calibrate the FP32 "
+            "graph (model.onnx, not model.fp16.onnx)"
+        )
+    return model, meta
+
+
+def calibrate(
+    onnx_path: str | Path,
+    images: str | Path | list[str | Path] | None = None,
+    num_images: int = 64,
+    method: str = "entropy",
+    exclude: tuple[str, ...] | list[str] = (),
+    output: str | Path | None = None,
+    seed: int = 0,
+    default_exclusions: bool = True,
+    per_node: bool | None = None,
+    cache: bool = True,
+) -> Path:
+    """Quantize ``onnx_path`` (FP32, image (B, 3, S, S) -> mask_logits (B, 1, S, S)) to INT8 Q/DQ.
+
+    ``images``: a folder (searched recursively), a file or a list of files, sampled with
+    ``seed``; None takes scikit-image's sample photos (at most their 12). Every image goes
+    through the runtime's ``preprocess``. Weights: per-channel INT8; activations: per-tensor,
+    ranges by ``method``; the rest of the graph stays FP32 (ONNX Runtime's CPU kernels run
+    FP16 slowly, and TensorRT fuses Q/DQ the same way either way). ``exclude``: extra
+    patterns (regex on node names, or ``op:TYPE``) kept in FP32, on top of the measured
+    defaults (``exclusions.py``) unless ``default_exclusions`` is False. ``per_node``:
+    ModelOpt's node-by-node calibration, which bounds memory (None: on for S >= 1024, where
+    keeping every activation needs > 24 GB). Returns the path written (default
+    ``<name>.int8.onnx``); the input is never modified.
+    """
+    import onnx
+
+    from mgd_rt.export import save_atomic
+    from mgd_rt.export.graph import set_metadata
+
+    start = time.perf_counter()
+    onnx_path = Path(onnx_path)
+    if method not in METHODS:
+        raise MgdRtError(f"--method {method}: use one of {', '.join(METHODS)}")
+    model, meta = load_fp32_graph(onnx_path)
+    output = Path(output) if output is not None else int8_path(onnx_path)
+    if output.suffix != ".onnx":
+        raise MgdRtError(f"{output}: the output name must end in .onnx")
+    if output.resolve() == onnx_path.resolve():
+        raise MgdRtError(f"{output}: would overwrite the FP32 graph; pick another -o")
+    if not output.parent.is_dir() or not os.access(output.parent, os.W_OK):
+        raise MgdRtError(f"{output}: output folder {output.parent} does not exist or is not writable")
+    size = int(meta.get("image_size") or model.graph.input[0].type.tensor_type.shape.dim[-1].dim_value)
+    mean = _float_list(meta.get("mean"), IMAGENET_MEAN)
+    std = _float_list(meta.get("std"), IMAGENET_STD)
+
+    fp32_nodes = default_excluded_nodes(model, size) if default_exclusions else []
+    fp32_nodes += [n for n in match_patterns(model, list(exclude)) if n not in fp32_nodes]
+
+    cache_dir = calib_data.cache_dir() if cache else None
+    if images is None:
+        count = min(num_images, len(calib_data.SKIMAGE_CALIBRATION))
+        log.info("calibration images: scikit-image's sample photos (%d; pass --images DIR for your own)", count)
+        if count < num_images:
+            log.warning("scikit-image ships %d calibration photos: calibrating on %d, not %d", count, count,
+                        num_images)
+        image_set = calib_data.skimage_set(calib_data.SKIMAGE_CALIBRATION, size, mean, std, count)
+    else:
+        image_set = calib_data.prepare(images, num_images, size, mean, std, seed, cache=cache_dir)
+    log.info("calibrating on %d images (%s), method %s, %d nodes kept FP32 + op types %s",
+             len(image_set.names), image_set.source, method, len(fp32_nodes), ",".join(DEFAULT_EXCLUDE_OP_TYPES))
+    per_node = size >= 1024 if per_node is None else per_node
+    quantized = _modelopt_quantize(onnx_path, image_set.tensors, method, fp32_nodes,
+                                   DEFAULT_EXCLUDE_OP_TYPES if default_exclusions else (), per_node, output.parent)
+    set_metadata(quantized, {
+        **meta,
+        "precision": "int8",
+        "calibration_method": method,
+        "calibration_images": str(len(image_set.names)),
+        "calibration_images_sha256": image_set.list_sha256,
+        "calibration_source": image_set.source,
+        "int8_fp32_nodes": str(len(fp32_nodes)),
+    })
+    onnx.checker.check_model(quantized)
+    nbytes = save_atomic(quantized, output)
+    log.info("wrote %s (%.1f MB) in %.1f s", output, nbytes / 1e6, time.perf_counter() - start)
+    return output
+
+
+def _modelopt_quantize(
+    onnx_path: Path,
+    tensors: np.ndarray,
+    method: str,
+    fp32_nodes: list[str],
+    fp32_op_types: tuple[str, ...],
+    per_node: bool,
+    workdir: Path,
+):
+    """ModelOpt INT8 PTQ of a private copy of ``onnx_path`` on ``tensors`` (N, 3, S, S) float32."""
+    import onnx
+
+    try:
+        from modelopt.onnx.quantization import quantize
+    except ImportError as exc:
+        raise MgdRtError(
+            f"NVIDIA ModelOpt is not installed ({exc}): pip install -e '.[int8]' (see README, INT8 calibration)"
+        ) from None
+    # ModelOpt rewrites the graph it is given in place (seen with 0.47): work on a copy
+    with tempfile.TemporaryDirectory(prefix=".calibrate-", dir=workdir) as tmp:
+        source = Path(tmp) / "fp32.onnx"
+        shutil.copyfile(onnx_path, source)
+        target = Path(tmp) / "int8.onnx"
+        quantize(
+            str(source),
+            quantize_mode="int8",
+            calibration_data={INPUT_NAME: np.ascontiguousarray(tensors, dtype=np.float32)},
+            calibration_method=method,
+            calibration_eps=["cpu"],
+            # exact names: ModelOpt matches nodes_to_exclude with re.match, a prefix match
+            nodes_to_exclude=[f"{name}$" for name in map(_escape, fp32_nodes)] or None,
+            op_types_to_exclude=list(fp32_op_types) or None,
+            high_precision_dtype="fp32",
+            calibrate_per_node=per_node,
+            output_path=str(target),
+            log_level="WARNING",
+        )
+        if not target.is_file():
+            raise RuntimeError(f"ModelOpt wrote no graph at {target}")
+        return onnx.load(str(target))
+
+
+def _escape(name: str) -> str:
+    import re
+
+    return re.escape(name)

@@ -1,0 +1,268 @@
+"""INT8 calibration of the tiny model: images -> Q/DQ graph, metadata, cache, accuracy, bad input, TensorRT-RTX.
+
+The tiny graph is exported once and calibrated once per module (~2.5 min on 2 busy cores);
+B+ at S=1024 is marked slow.
+"""
+
+from __future__ import annotations
+
+import collections
+import json
+import logging
+import re
+from pathlib import Path
+
+import numpy as np
+import onnx
+import pytest
+from conftest import TINY_CHECKPOINT
+
+from mgd_rt.contract import INPUT_NAME, METADATA_KEYS
+from mgd_rt.errors import MgdRtError
+from mgd_rt.numerics import TOLERANCES
+
+pytest.importorskip("modelopt.onnx.quantization", reason="nvidia-modelopt not installed (pip install -e '.[int8]')")
+pytestmark = pytest.mark.skipif(not TINY_CHECKPOINT.is_file(), reason=f"fixture {TINY_CHECKPOINT} missing")
+
+from mgd_rt.calibration import DEFAULT_EXCLUDE_OP_TYPES, accuracy_report, calibrate, int8_path  # noqa: E402
+from mgd_rt.calibration import data as calib_data  # noqa: E402
+from mgd_rt.calibration.exclusions import default_excluded_nodes  # noqa: E402
+from mgd_rt.calibration.sensitivity import quantized_nodes, sweep  # noqa: E402
+from mgd_rt.export.graph import read_metadata  # noqa: E402
+
+# calibration photos written as files of several formats and sizes (scikit-image ships them)
+PHOTOS = {"astronaut.jpg": "astronaut", "coffee.png": "coffee", "sub/rocket.webp": "rocket",
+          "camera.bmp": "camera", "sub/hubble.tif": "hubble_deep_field"}
+
+
+@pytest.fixture(scope="module")
+def cache_env(tmp_path_factory):
+    mp = pytest.MonkeyPatch()
+    mp.setenv("MGD_RT_CACHE", str(tmp_path_factory.mktemp("cache")))
+    yield
+    mp.undo()
+
+
+@pytest.fixture(scope="module")
+def photos(tmp_path_factory) -> Path:
+    from PIL import Image
+    from skimage import data
+
+    root = tmp_path_factory.mktemp("calib")
+    (root / "sub").mkdir()
+    for name, sample in PHOTOS.items():
+        Image.fromarray(getattr(data, sample)()).save(root / name)
+    (root / "broken.jpg").write_bytes(b"\xff\xd8\xff\xe0 not really a jpeg")
+    (root / "notes.txt").write_text("not an image suffix: never listed")
+    return root
+
+
+@pytest.fixture(scope="module")
+def tiny_fp32(tmp_path_factory) -> Path:
+    from mgd_rt.export import export_onnx
+
+    out = tmp_path_factory.mktemp("export") / "tiny.onnx"
+    return export_onnx(TINY_CHECKPOINT, output=out, verify_graph=False).path
+
+
+@pytest.fixture(scope="module")
+def tiny_int8(tiny_fp32, photos, cache_env) -> Path:
+    before = tiny_fp32.read_bytes()
+    path = calibrate(tiny_fp32, images=photos, num_images=4, seed=0)
+    assert tiny_fp32.read_bytes() == before  # the FP32 graph is never touched
+    return path
+
+
+def _ops(path: Path) -> collections.Counter:
+    return collections.Counter(n.op_type for n in onnx.load(str(path)).graph.node)
+
+
+def test_qdq_graph(tiny_fp32, tiny_int8):
+    """Per-channel INT8 weights and per-tensor activations on Conv/MatMul; the measured defaults stay FP32."""
+    assert tiny_int8 == int8_path(tiny_fp32) == tiny_fp32.with_name("tiny.int8.onnx")
+    ops = _ops(tiny_int8)
+    # 252-254 measured: ModelOpt leaves a pair out where a tensor's calibrated range is degenerate
+    assert ops["QuantizeLinear"] == ops["DequantizeLinear"]
+    assert 240 <= ops["QuantizeLinear"] <= 260
+    model = onnx.load(str(tiny_int8))
+    onnx.checker.check_model(model, full_check=True)
+    producers = {o: n for n in model.graph.node for o in n.output}
+    inits = {t.name: t for t in model.graph.initializer}
+    per_channel = 0
+    for node in model.graph.node:
+        if node.op_type in ("Conv", "ConvTranspose", "MatMul") and len(node.input) > 1:
+            dq = producers.get(node.input[1])
+            if dq is not None and dq.op_type == "DequantizeLinear" and dq.input[1] in inits:
+                per_channel += len(inits[dq.input[1]].dims) == 1  # one scale per output channel
+    assert per_channel >= 100  # every quantized weight: 83 MatMul + 21 Conv/ConvTranspose
+    # Add and Resize get no Q/DQ of their own (a DQ they read is shared with a quantized MatMul/Conv)
+    for node in model.graph.node:
+        if node.op_type in DEFAULT_EXCLUDE_OP_TYPES:
+            for name in node.input:
+                if (dq := producers.get(name)) is not None and dq.op_type == "DequantizeLinear":
+                    readers = [n.op_type for n in model.graph.node if name in n.input]
+                    assert set(readers) - set(DEFAULT_EXCLUDE_OP_TYPES), (node.name, readers)
+    fp32 = onnx.load(str(tiny_fp32))
+    kept = set(default_excluded_nodes(fp32, 512))
+    assert len(kept) == 19  # the Conv/ConvTranspose with an output side >= 128
+    assert not kept & set(quantized_nodes(model))
+    assert len(quantized_nodes(model)) == 129
+
+
+def test_metadata(tiny_fp32, tiny_int8, photos):
+    meta = read_metadata(onnx.load(str(tiny_int8), load_external_data=False))
+    source = read_metadata(onnx.load(str(tiny_fp32), load_external_data=False))
+    assert set(METADATA_KEYS) <= set(meta)
+    assert {k: meta[k] for k in METADATA_KEYS if k != "precision"} == {k: source[k] for k in METADATA_KEYS
+                                                                        if k != "precision"}
+    assert meta["precision"] == "int8"
+    assert meta["calibration_method"] == "entropy"
+    assert meta["calibration_images"] == "4"
+    assert meta["calibration_source"] == str(photos)
+    assert meta["int8_fp32_nodes"] == "19"
+    assert re.fullmatch(r"[0-9a-f]{64}", meta["calibration_images_sha256"])
+    # the same seeded sample, prepared again (from the cache): the same list hash
+    again = calib_data.prepare(photos, 4, 512, (0.485, 0.456, 0.406), (0.229, 0.224, 0.225), seed=0,
+                               cache=calib_data.cache_dir())
+    assert again.cached
+    assert again.list_sha256 == meta["calibration_images_sha256"]
+
+
+def test_accuracy_within_int8_tolerance(tiny_fp32, tiny_int8, tmp_path):
+    """Held-out scikit-image photos (never calibration ones), ORT CPU, one image at a time."""
+    report = accuracy_report(tiny_fp32, tiny_int8, num_images=4)
+    assert report.images == [f"skimage:{n}" for n in calib_data.SKIMAGE_HOLDOUT[:4]]
+    assert not set(report.images) & {f"skimage:{n}" for n in calib_data.SKIMAGE_CALIBRATION}
+    worst = report.worst
+    # primary measures (design.md): sigmoid MAE measured 4-5e-4, 20x inside TOLERANCES['int8']
+    assert worst["sigmoid_mae"] <= TOLERANCES["int8"].sigmoid_mae / 10
+    assert worst["max_rel_std"] < 0.15
+    assert worst["iou_05"] > 0.98
+    # the untrained tiny model's top-10% mask is decided by logits within ~0.01 of its threshold:
+    # measured 0.957..0.989 per image (README "INT8 calibration"); B+ is held to the full 0.97
+    assert worst["iou_top10"] > 0.95
+    saved = json.loads(report.save(tmp_path / "r.json").read_text())
+    assert saved["metadata"]["precision"] == "int8"
+    assert len(saved["comparisons"]) == 4
+    assert saved["worst"]["sigmoid_mae"] == worst["sigmoid_mae"]
+
+
+def test_prepare_skips_bad_files_and_caches(photos, tmp_path, caplog):
+    mean, std = (0.485, 0.456, 0.406), (0.229, 0.224, 0.225)
+    with caplog.at_level(logging.WARNING, logger="mgd_rt"):
+        first = calib_data.prepare(photos, 5, 64, mean, std, seed=1, cache=tmp_path)
+    assert first.tensors.shape == (5, 3, 64, 64) and first.tensors.dtype == np.float32
+    assert "broken.jpg" not in first.names and not first.cached
+    assert "broken.jpg" in caplog.text
+    second = calib_data.prepare(photos, 5, 64, mean, std, seed=1, cache=tmp_path)
+    assert second.cached and np.array_equal(first.tensors, second.tensors)
+    assert len(list(tmp_path.glob("*.npz"))) == 1
+    # the runtime's pre-processing, nothing else
+    from mgd_rt.runtime.image_io import read_image
+    from mgd_rt.runtime.processing import preprocess
+
+    index = first.names.index("coffee.png")
+    assert np.array_equal(first.tensors[index], preprocess(read_image(photos / "coffee.png"), 64))
+    with pytest.raises(MgdRtError, match=r"5 usable images \(1 unreadable\) but 6 requested: .* -n 5"):
+        calib_data.prepare(photos, 6, 64, mean, std, cache=None)
+
+
+def test_bad_input(tiny_fp32, tiny_int8, tmp_path):
+    empty = tmp_path / "empty"
+    empty.mkdir()
+    with pytest.raises(MgdRtError, match="no images"):
+        calibrate(tiny_fp32, images=empty, output=tmp_path / "a.onnx")
+    with pytest.raises(MgdRtError, match="already quantized"):
+        calibrate(tiny_int8, output=tmp_path / "b.onnx")
+    with pytest.raises(MgdRtError, match="matches no node"):
+        calibrate(tiny_fp32, exclude=("no_such_layer",), output=tmp_path / "c.onnx")
+    with pytest.raises(MgdRtError, match="--method"):
+        calibrate(tiny_fp32, method="minmax", output=tmp_path / "d.onnx")
+    with pytest.raises(MgdRtError, match="no such file"):
+        calibrate(tmp_path / "missing.onnx")
+    with pytest.raises(MgdRtError, match="overwrite"):
+        calibrate(tiny_fp32, output=tiny_fp32)
+    # an FP16 graph, made small: one FP16 initializer is enough to refuse it
+    from onnx import TensorProto, helper, numpy_helper
+
+    half = numpy_helper.from_array(np.ones((1, 3, 1, 1), np.float16), "w")
+    graph = helper.make_graph([helper.make_node("Cast", ["w"], ["y"], to=TensorProto.FLOAT)], "g", [],
+                              [helper.make_tensor_value_info("y", TensorProto.FLOAT, [1, 3, 1, 1])], [half])
+    onnx.save(helper.make_model(graph), tmp_path / "m.fp16.onnx")
+    with pytest.raises(MgdRtError, match="FP16 graph"):
+        calibrate(tmp_path / "m.fp16.onnx", output=tmp_path / "e.onnx")
+    assert sorted(p.name for p in tmp_path.iterdir()) == ["empty", "m.fp16.onnx"]
+
+
+def test_cli_flags_match_script_and_errors(tiny_fp32, tmp_path, capsys):
+    """`mgd-rt calibrate` and calibration/calibrate.py share one parser builder; errors are one line."""
+    import argparse
+    import importlib.util
+
+    from mgd_rt.cli import build_parser, main
+    from mgd_rt.cli.calibrate import add_calibrate_arguments
+
+    script = argparse.ArgumentParser()
+    add_calibrate_arguments(script)
+    sub = build_parser()._subparsers._group_actions[0].choices["calibrate"]
+    assert sorted(a.dest for a in script._actions) == sorted(a.dest for a in sub._actions)
+    args = sub.parse_args(["m.onnx"])
+    assert (args.num_images, args.method, args.exclude, args.output) == (64, "entropy", [], None)
+    assert main(["calibrate", str(tiny_fp32), "--exclude", "nope", "-o", str(tmp_path / "x.onnx")]) == 1
+    assert "--exclude 'nope' matches no node" in capsys.readouterr().err
+    path = Path(__file__).resolve().parents[1] / "calibration" / "calibrate.py"
+    spec = importlib.util.spec_from_file_location("calibrate_script", path)
+    module = importlib.util.module_from_spec(spec)
+    spec.loader.exec_module(module)
+    assert module.main([str(tmp_path / "missing.onnx")]) == 1
+
+
+def test_sensitivity_sweep(tiny_fp32, tiny_int8):
+    """Per-block sweep: one row per group of quantized nodes, FP32 restored -> closer to FP32."""
+    held = calib_data.skimage_set(calib_data.SKIMAGE_HOLDOUT, 512, (0.485, 0.456, 0.406),
+                                  (0.229, 0.224, 0.225), limit=1)
+    report = sweep(tiny_fp32, tiny_int8, held.tensors, group_size=40)
+    assert len(report.rows) == 4  # 129 quantized nodes in groups of 40
+    assert sum(len(r.nodes) for r in report.rows) == 129
+    assert report.baseline.sigmoid_mae > 0
+    # restoring the first block (the image encoder's start) measurably helps
+    assert min(r.comparison.sigmoid_mae for r in report.rows) < report.baseline.sigmoid_mae
+
+
+def _rtx_build(path: Path) -> int:
+    """Parse ``path`` with TensorRT-RTX's ONNX parser and build an SM 8.9 engine on the CPU (no GPU)."""
+    trt = pytest.importorskip("tensorrt_rtx", reason="tensorrt_rtx not installed")
+    logger = trt.Logger(trt.Logger.ERROR)
+    builder = trt.Builder(logger)
+    network = builder.create_network(0)  # strongly typed: Q/DQ in the graph decide INT8
+    parser = trt.OnnxParser(network, logger)
+    ok = parser.parse_from_file(str(path))
+    errors = [str(parser.get_error(i)) for i in range(parser.num_errors)]
+    assert ok and not errors, errors
+    config = builder.create_builder_config()
+    config.num_compute_capabilities = 1
+    config.set_compute_capability(trt.ComputeCapability.SM89, 0)
+    profile = builder.create_optimization_profile()
+    _, c, h, w = network.get_input(0).shape
+    profile.set_shape(INPUT_NAME, (1, c, h, w), (1, c, h, w), (2, c, h, w))
+    config.add_optimization_profile(profile)
+    engine = builder.build_serialized_network(network, config)
+    assert engine is not None
+    return engine.nbytes
+
+
+def test_tensorrt_rtx_parse_and_build(tiny_int8):
+    assert _rtx_build(tiny_int8) > 0
+
+
+@pytest.mark.slow
+def test_bplus_1024(tmp_path):
+    """Seeded B+ at S=1024: INT8 within TOLERANCES['int8'] on held-out photos, and faster than FP32."""
+    from mgd_rt.export import export_onnx
+
+    fp32 = export_onnx(None, variant="b+", image_size=1024, output=tmp_path / "bplus.onnx", verify_graph=False).path
+    int8 = calibrate(fp32, num_images=8)
+    report = accuracy_report(fp32, int8, num_images=4, timing_runs=2)
+    assert report, "\n".join(report.lines())
+    assert report.speedup > 1.5
+    assert _rtx_build(int8) > 0
