@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import logging
 import os
+import re
 import shutil
 import tempfile
 import time
@@ -181,7 +182,7 @@ def _modelopt_quantize(
             calibration_method=method,
             calibration_eps=["cpu"],
             # exact names: ModelOpt matches nodes_to_exclude with re.match, a prefix match
-            nodes_to_exclude=[f"{name}$" for name in map(_escape, fp32_nodes)] or None,
+            nodes_to_exclude=[f"{re.escape(name)}$" for name in fp32_nodes] or None,
             op_types_to_exclude=list(fp32_op_types) or None,
             high_precision_dtype="fp32",
             calibrate_per_node=per_node,
@@ -192,8 +193,3 @@ def _modelopt_quantize(
             raise RuntimeError(f"ModelOpt wrote no graph at {target}")
         return onnx.load(str(target))
 
-
-def _escape(name: str) -> str:
-    import re
-
-    return re.escape(name)

@@ -150,7 +150,7 @@ def accuracy_report(
         ref = reference.run([OUTPUT_NAME], {INPUT_NAME: x})[0]
         out = candidate.run([OUTPUT_NAME], {INPUT_NAME: x})[0]
         report.comparisons.append(compare_logits(ref, out, "int8", name=name))
-        log.info("  %s", report.comparisons[-1].row())
+        log.debug("  %s", report.comparisons[-1].row())
     if timing_runs:
         x = held.tensors[:1]
         report.fp32_ms = _best_ms(reference, x, timing_runs)

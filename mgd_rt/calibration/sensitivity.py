@@ -115,8 +115,6 @@ def sweep(
     """
     import onnx
 
-    from mgd_rt.runtime.backends import onnxruntime_backend  # noqa: F401  (ORT present: same import path)
-
     if reference is None:
         reference = _run(onnx.load(str(fp32_path)), inputs)
     model = onnx.load(str(int8_path))
