@@ -613,6 +613,12 @@ def _end_to_end(backend: Any, images: Sequence[str | Path], batch: int) -> dict[
     seg = Segmenter(backend, batch_size=batch)  # not closed: that would close the shared backend
     stages: dict[str, list[float]] = {"decode": [], "resize": [], "model": [], "write": []}
     failed: list[str] = []
+    # one untimed pass first: a last, partial batch is a new input shape, and its first call pays
+    # for cuDNN / ONNX Runtime kernel choice, which is warm-up, not the steady state
+    t0 = time.perf_counter()
+    for _ in seg.stream(job.source for job in jobs):
+        pass
+    warmup_wall = time.perf_counter() - t0
     with tempfile.TemporaryDirectory(prefix="mgd-rt-bench-") as tmp:
         t0 = time.perf_counter()
         for i, result in enumerate(seg.stream(job.source for job in jobs)):
@@ -628,7 +634,7 @@ def _end_to_end(backend: Any, images: Sequence[str | Path], batch: int) -> dict[
         wall = time.perf_counter() - t0
     done = len(stages["write"])
     return {
-        "images": done, "failed": failed, "batch": batch, "wall_s": wall,
+        "images": done, "failed": failed, "batch": batch, "wall_s": wall, "warmup_pass_wall_s": warmup_wall,
         "images_per_s": done / wall if wall > 0 else None,
         "stage_s_per_image": {k: float(np.mean(v)) if v else None for k, v in stages.items()},
         "stage_raw_s": stages,
@@ -715,6 +721,7 @@ def bench(
     photos: int = 4,
     unavailable: Sequence[dict[str, str]] = (),
     on_result: Callable[[BenchResult], None] | None = None,
+    tf32: bool = False,
 ) -> BenchReport:
     """Benchmark ``models`` at each batch size and write the JSON (``output``) and PNG (``chart``).
 
@@ -726,11 +733,11 @@ def bench(
     calls for ``seconds`` (at least one). device None: CUDA when usable, else the CPU. reference:
     checkpoint or variant name of the PyTorch FP32 model the outputs are compared with. chart
     defaults to the JSON's path with .png. A model that cannot load or run becomes a result with
-    ``status: error`` and the reason, so one failure does not lose the other numbers.
+    ``status: error`` and the reason, so one failure does not lose the other numbers. ``tf32``
+    (CUDA): let PyTorch use TF32 tensor cores for FP32 matmuls and convolutions; off by default,
+    so "fp32" means FP32 (PyTorch's own default runs cuDNN convolutions in TF32) and meets the fp32
+    tolerance; the switches are restored afterwards and recorded in the JSON.
     """
-    from mgd_rt.runtime.backends import load_backend
-    from mgd_rt.runtime.processing import preprocess
-
     start = time.perf_counter()
     if not models:
         raise MgdRtError("give at least one MODEL")
@@ -757,13 +764,42 @@ def bench(
         if not collect_inputs(list(end_to_end))[0]:
             raise MgdRtError(f"--end-to-end {' '.join(map(str, end_to_end))}: no image files found")
     on_cuda = device.startswith("cuda")
+    tf32_before = _set_tf32(tf32) if on_cuda else None
+    try:
+        return _bench(models, runs, batches, warmup, iters, seconds, device, dtypes, end_to_end, reference, output,
+                      chart, image_size, compile, photos, unavailable, on_result, tf32, start)
+    finally:
+        if tf32_before is not None:
+            _set_tf32(*tf32_before)
+
+
+def _set_tf32(matmul: bool, cudnn: bool | None = None) -> tuple[bool, bool]:
+    """Set PyTorch's TF32 switches (matmul, cuDNN); returns the previous pair."""
+    import torch
+
+    before = torch.backends.cuda.matmul.allow_tf32, torch.backends.cudnn.allow_tf32
+    torch.backends.cuda.matmul.allow_tf32 = matmul
+    torch.backends.cudnn.allow_tf32 = matmul if cudnn is None else cudnn
+    return before
+
+
+def _bench(models: Sequence[str | Path], runs: list[_Run], batches: list[int], warmup: int, iters: int | None,
+           seconds: float | None, device: str, dtypes: Sequence[str] | None, end_to_end: Sequence[str | Path] | None,
+           reference: str | Path | None, output: str | Path | None, chart: str | Path | None,
+           image_size: int | None, compile: bool, photos: int, unavailable: Sequence[dict[str, str]],
+           on_result: Callable[[BenchResult], None] | None, tf32: bool, start: float) -> BenchReport:
+    """The body of :func:`bench`, arguments validated."""
+    from mgd_rt.runtime.backends import load_backend
+    from mgd_rt.runtime.processing import preprocess
+
+    on_cuda = device.startswith("cuda")
     until_stable = on_cuda  # a CPU forward of B+ takes seconds: warm-up stays at the count asked for
 
     settings = {"models": [str(m) for m in models], "batches": batches, "warmup": warmup, "iters": iters,
                 "seconds": seconds, "device": device, "dtypes": list(dtypes or ["fp32"]),
                 "end_to_end": [str(p) for p in end_to_end] if end_to_end else None,
                 "reference": str(reference) if reference is not None else None, "image_size": image_size,
-                "compile": compile, "warmup_until_stable": until_stable,
+                "compile": compile, "warmup_until_stable": until_stable, "tf32": tf32 if on_cuda else None,
                 "stable_rule": f"{STABLE_WINDOW} consecutive calls within {STABLE_SPREAD:.0%} of their median, "
                                f"at most {MAX_WARMUP_ITERS} calls / {MAX_WARMUP_SECONDS:.0f} s",
                 "latency_includes": "host->device copy of the input, the model, device->host copy of the logits "
@@ -786,6 +822,8 @@ def bench(
             modules.pop(run.model, None)  # last use: free it before the next model's memory is measured
 
     _relative_speeds(report.results)
+    if "gpu" in report.environment:  # clocks and temperature after the work, beside those before it
+        report.environment["gpu"]["nvidia_smi_end"] = nvidia_smi()
     report.environment["load_average_end"] = list(os.getloadavg()) if hasattr(os, "getloadavg") else None
     report.seconds = time.perf_counter() - start
     if output is not None:
@@ -855,12 +893,13 @@ def _bench_one(run: _Run, batches: list[int], warmup: int, iters: int | None, se
                 on_result(result)
         return
 
+    load_peak = _peak_rss_mb()  # the load's own peak (e.g. a checkpoint read next to the model)
+    rss_after_load = _status_mb("VmRSS")
     size = backend.image_size
     tensors = [(name, preprocess(img, size, backend.mean, backend.std)) for name, img in photos]
     flops = count_flops(backend.variant, size) if backend.variant != "unknown" else \
         {"flops_per_image": None, "error": "the graph does not name its variant"}
     report.flops[f"{backend.variant}@{size}"] = flops
-    rss_after_load = _status_mb("VmRSS")
     try:
         for b in batches:
             chosen = [tensors[i % len(tensors)] for i in range(b)]  # real photos, cycled to fill the batch
@@ -868,6 +907,8 @@ def _bench_one(run: _Run, batches: list[int], warmup: int, iters: int | None, se
             result = BenchResult(run.model, run.label, b, backend=backend.name, device=backend.device,
                                  precision=backend.precision, variant=backend.variant, image_size=size,
                                  trained=backend.trained, load_s=load_s, inputs=[n for n, _ in chosen])
+            # the FLOPs count and an earlier batch's reference pass must not count as this run's memory
+            _reset_peak_rss()
             try:
                 last = _time_result(result, backend, batch, warmup, iters, seconds, until_stable, clock, torch_cuda)
             except Exception as exc:
@@ -877,9 +918,11 @@ def _bench_one(run: _Run, batches: list[int], warmup: int, iters: int | None, se
                 if on_result:
                     on_result(result)
                 continue
-            result.memory.update(host_rss_after_load_mb=rss_after_load, host_peak_rss_mb=_peak_rss_mb(),
-                                 host_peak_rss_scope="since this model's load (VmHWM reset)" if rss_reset
-                                 else "process lifetime (ru_maxrss)")
+            run_peak = _peak_rss_mb()
+            result.memory.update(host_rss_after_load_mb=rss_after_load, host_peak_rss_load_mb=load_peak,
+                                 host_peak_rss_run_mb=run_peak, host_peak_rss_mb=max(load_peak, run_peak),
+                                 host_peak_rss_scope="max of the load and of this batch size's warm-up + timed calls "
+                                 "(VmHWM, reset before each)" if rss_reset else "process lifetime (ru_maxrss)")
             result.flops_per_image = flops.get("flops_per_image")
             if result.flops_per_image:
                 result.achieved_tflops = result.flops_per_image * result.images_per_s / 1e12

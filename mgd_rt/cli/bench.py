@@ -48,6 +48,8 @@ def register(subparsers: argparse._SubParsersAction) -> None:
     parser.add_argument("--image-size", type=int, default=None, metavar="S",
                         help="model input side for checkpoints and variant names (default: the variant's)")
     parser.add_argument("--compile", action="store_true", help="PyTorch models: torch.compile before timing")
+    parser.add_argument("--tf32", action="store_true",
+                        help="CUDA: allow TF32 tensor cores in PyTorch FP32 (default off: fp32 means FP32)")
     parser.add_argument("--end-to-end", nargs="+", default=None, metavar="IMAGES",
                         help="also time image files (files, folders, globs) from disk to written matte, by stage")
     parser.add_argument("--reference", metavar="CKPT", default=None,
@@ -72,7 +74,7 @@ def run(args: argparse.Namespace) -> int:
     report = bench(
         args.models, batches=args.batch, warmup=args.warmup, device=args.device, dtypes=args.dtype,
         end_to_end=args.end_to_end, reference=args.reference, output=args.output, chart=args.chart,
-        image_size=args.image_size, compile=args.compile, **counts,
+        image_size=args.image_size, compile=args.compile, tf32=args.tf32, **counts,
     )
     print(report.table())
     for r in report.results:
