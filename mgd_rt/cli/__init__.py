@@ -25,6 +25,8 @@ COMMANDS = [
     "mgd_rt.cli.eval",
     "mgd_rt.cli.build",
     "mgd_rt.cli.calibrate",
+    "mgd_rt.cli.triton_repo",
+    "mgd_rt.cli.serve",
 ]
 
 

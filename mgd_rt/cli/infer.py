@@ -14,7 +14,8 @@ def register(subparsers: argparse._SubParsersAction) -> None:
         description="Segment files, folders and globs; outputs mirror the input tree under OUTDIR. "
         "Exit code 1 if any file failed (each problem is one line naming the file).",
     )
-    parser.add_argument("model", metavar="MODEL", help="checkpoint (.pth/.pt/.safetensors) or ONNX graph (.onnx)")
+    parser.add_argument("model", metavar="MODEL", help="checkpoint (.pth/.pt/.safetensors), ONNX graph (.onnx), "
+                        "engine (.engine) or a Triton model: grpc://HOST:PORT/NAME, http://HOST:PORT/NAME")
     parser.add_argument("inputs", metavar="INPUT", nargs="+", help="image files, folders or globs")
     parser.add_argument("-o", "--output", required=True, metavar="OUTDIR", help="output directory")
     parser.add_argument("--format", choices=FORMAT_CHOICES, default="matte",
@@ -24,7 +25,7 @@ def register(subparsers: argparse._SubParsersAction) -> None:
     parser.add_argument("--batch-size", type=int, default=1, metavar="N", help="images per model call (default: 1)")
     parser.add_argument("--device", default=None,
                         help="cpu, cuda or cuda:N (default: CUDA when usable, else cpu; the choice is printed)")
-    parser.add_argument("--backend", choices=["auto", "torch", "onnxruntime", "tensorrt"], default="auto",
+    parser.add_argument("--backend", choices=["auto", "torch", "onnxruntime", "tensorrt", "triton"], default="auto",
                         help="default: picked by the model file's suffix; tensorrt on an .onnx builds its engine "
                         "once (engine cache, $MGD_RT_ENGINE_CACHE)")
     parser.add_argument("--dtype", choices=["fp32", "fp16", "bf16"], default=None,
@@ -39,6 +40,17 @@ def register(subparsers: argparse._SubParsersAction) -> None:
     parser.add_argument("--tta", choices=["none", "flip", "paper"], default="none",
                         help="test-time augmentation: flip (original + mirror, 2 passes) or paper (the authors' "
                         "flip x scales 0.75/1/1.25, 6 passes; a graph needs <name>.s<size>.onnx per scale)")
+    ray = parser.add_argument_group("Ray Data (mgd_rt.ray.segment_dataset)")
+    ray.add_argument("--ray", nargs="?", const="local", default=None, metavar="ADDRESS",
+                     help="run as a Ray Data job: alone, on a local cluster started for it; with ADDRESS (auto, "
+                     "ray://HOST:10001), on that cluster (inputs and outputs on a filesystem every node mounts)")
+    ray.add_argument("--ray-actors", type=int, default=None, metavar="N",
+                     help="inference actors, one loaded model each (default: one per GPU, else 2)")
+    ray.add_argument("--ray-cpus-per-actor", type=float, default=None, metavar="X",
+                     help="CPUs each actor reserves (default: 0.5; a whole CPU per actor starves decoding on "
+                     "small machines)")
+    ray.add_argument("--ray-gpus-per-actor", type=float, default=None, metavar="X",
+                     help="GPUs each actor reserves (default: 1 when the cluster has GPUs, else 0)")
     parser.set_defaults(func=run, parser=parser)
 
 
@@ -52,6 +64,20 @@ def run(args: argparse.Namespace) -> int:
         args.parser.error("--batch-size must be at least 1")
     if not 0.0 < args.threshold < 1.0:
         args.parser.error("--threshold must lie strictly between 0 and 1")
+    if args.ray is not None:
+        if args.tile or args.tta != "none":
+            args.parser.error("--ray runs the whole-image pass only; leave out --tile and --tta")
+        from mgd_rt.serve.ray_data import DEFAULT_CPUS_PER_ACTOR, segment_dataset
+
+        summary = segment_dataset(
+            args.model, args.inputs, args.output, format=args.format, threshold=args.threshold,
+            batch_size=args.batch_size, address=None if args.ray == "local" else args.ray, actors=args.ray_actors,
+            cpus_per_actor=args.ray_cpus_per_actor or DEFAULT_CPUS_PER_ACTOR, gpus_per_actor=args.ray_gpus_per_actor,
+            device=args.device, backend=args.backend, dtype=args.dtype, recursive=args.recursive,
+            overwrite=args.overwrite,
+        )
+        print(summary.line())
+        return 1 if summary.failed else 0
     summary = infer(
         args.model, args.inputs, args.output, format=args.format, threshold=args.threshold,
         batch_size=args.batch_size, device=args.device, backend=args.backend, recursive=args.recursive,

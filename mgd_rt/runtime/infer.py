@@ -137,13 +137,40 @@ class _Progress:
         print(text, file=self.stream)
 
 
-def _prepare_outdir(outdir: Path) -> None:
+def prepare_outdir(outdir: Path) -> None:
     try:
         outdir.mkdir(parents=True, exist_ok=True)
     except OSError as exc:
         raise MgdRtError(f"{outdir}: cannot create the output directory ({exc.strerror})") from None
     if not os.access(outdir, os.W_OK | os.X_OK):
         raise MgdRtError(f"{outdir}: the output directory is not writable; choose another with -o")
+
+
+def plan_outputs(
+    jobs: list[Job], outdir: Path, format: str, overwrite: bool, fail: Callable[[str], None]
+) -> tuple[list[tuple[Job, Path]], int]:
+    """Decide every output path before any work: (jobs to run with their target, outputs kept).
+
+    Skips existing outputs unless ``overwrite``; never writes onto an input or twice to one
+    path (each such job is reported through ``fail``). Shared with :mod:`mgd_rt.serve.ray_data`.
+    """
+    inputs_resolved = {j.source.resolve() for j in jobs}
+    claimed: dict[Path, Path] = {}
+    todo: list[tuple[Job, Path]] = []
+    skipped = 0
+    for job in jobs:
+        target = outdir / job.relative.with_suffix(FORMATS[format])
+        resolved = target.resolve()
+        if resolved in inputs_resolved:
+            fail(f"{job.source}: its output {target} would overwrite an input; choose another -o")
+        elif resolved in claimed:
+            fail(f"{job.source}: output {target} is already the output of {claimed[resolved]}; rename one of them")
+        elif target.exists() and not overwrite:
+            skipped += 1
+        else:
+            claimed[resolved] = job.source
+            todo.append((job, target))
+    return todo, skipped
 
 
 def infer(
@@ -179,7 +206,7 @@ def infer(
     outdir = Path(outdir)
     start = time.perf_counter()
     jobs, problems = collect_inputs(inputs, recursive)
-    _prepare_outdir(outdir)
+    prepare_outdir(outdir)
     summary = InferSummary(failed=list(problems))
     bar = _Progress(len(jobs), progress or sys.stderr)  # sys.stderr looked up now, not at import
     bar.enabled = bar.enabled and show_progress
@@ -192,22 +219,7 @@ def infer(
     for line in problems:
         say(f"mgd-rt: error: {line}")
 
-    # decide every output path before any work: skips, collisions, never onto an input
-    inputs_resolved = {j.source.resolve() for j in jobs}
-    claimed: dict[Path, Path] = {}
-    todo: list[tuple[Job, Path]] = []
-    for job in jobs:
-        target = outdir / job.relative.with_suffix(FORMATS[format])
-        resolved = target.resolve()
-        if resolved in inputs_resolved:
-            fail(f"{job.source}: its output {target} would overwrite an input; choose another -o")
-        elif resolved in claimed:
-            fail(f"{job.source}: output {target} is already the output of {claimed[resolved]}; rename one of them")
-        elif target.exists() and not overwrite:
-            summary.skipped += 1
-        else:
-            claimed[resolved] = job.source
-            todo.append((job, target))
+    todo, summary.skipped = plan_outputs(jobs, outdir, format, overwrite, fail)
 
     seg = model if isinstance(model, Segmenter) else Segmenter(
         model, device=device, backend=backend, dtype=dtype, batch_size=batch_size, tile=tile, tile_scale=tile_scale,

@@ -36,11 +36,21 @@ BACKENDS: dict[str, BackendSpec] = {
     # a built .engine (precision is the engine's), or an .onnx built on first use through the engine cache
     "tensorrt": BackendSpec("tensorrt", "mgd_rt.runtime.backends.tensorrt_backend:TensorRTBackend",
                             ("fp32", "fp16", "int8"), ("cuda",)),
+    # grpc://HOST:PORT/MODEL or http://...: the model runs in a Triton server, picked by the URL's scheme;
+    # precision and device are the server's (--dtype must match what it reports, --device is refused)
+    "triton": BackendSpec("triton", "mgd_rt.runtime.backends.triton_backend:TritonBackend",
+                          ("fp32", "fp16", "int8"), ("server",)),
 }
 
 
 def backend_for(model: str | Path, backend: str = "auto") -> BackendSpec:
-    """The backend that runs ``model``: by its suffix, or the one named (which must fit it)."""
+    """The backend that runs ``model``: by its suffix (or URL scheme), or the one named (which must fit it)."""
+    from mgd_rt.runtime.backends.triton_backend import is_triton_url  # light: no tritonclient import
+
+    if is_triton_url(str(model)):
+        if backend not in ("auto", None, "triton"):
+            raise MgdRtError(f"{model}: a Triton URL runs on the triton backend, not {backend}")
+        return BACKENDS["triton"]
     suffix = Path(model).suffix.lower()
     if suffix in _ONNX_SUFFIXES:
         by_suffix = "onnxruntime"
@@ -78,6 +88,8 @@ def load_backend(
     spec = backend_for(model, backend)
     if dtype is not None and dtype not in spec.dtypes:
         raise MgdRtError(f"--dtype {dtype} is not available on {spec.name}; choose from {', '.join(spec.dtypes)}")
+    if device is not None and spec.name == "triton":
+        raise MgdRtError(f"--device {device}: a Triton model runs where the server puts it; leave --device out")
     if device is not None and device.split(":")[0] not in spec.devices:
         raise MgdRtError(f"--device {device}: {spec.name} runs on {' or '.join(spec.devices)}")
     module_name, cls_name = spec.module.split(":")

@@ -1,0 +1,187 @@
+"""Triton client backend: the model runs in a Triton Inference Server, everything else stays here.
+
+``Segmenter("grpc://HOST:PORT/MODEL")`` (or ``http://HOST:PORT/MODEL``, optionally
+``/MODEL/VERSION``) keeps decoding, resizing, tiling and writing local and sends each batch with
+``tritonclient``. Served by ``mgd-rt serve`` or from a repository of ``mgd-rt triton-repo``, the
+model's config carries S, variant, precision and normalisation as ``mgd_rt.*`` parameters; a
+model without them is accepted when its I/O fits the contract, with ImageNet normalisation.
+Batches larger than the server's ``max_batch_size`` are sent in chunks. One client per backend:
+use one Segmenter per thread (the HTTP client is not thread-safe, so it is also locked).
+"""
+
+from __future__ import annotations
+
+import threading
+from pathlib import Path
+from typing import Any
+from urllib.parse import urlsplit
+
+import numpy as np
+
+from mgd_rt.contract import IMAGENET_MEAN, IMAGENET_STD, INPUT_NAME, OUTPUT_NAME
+from mgd_rt.errors import MgdRtError
+from mgd_rt.runtime.backends.base import Backend
+
+URL_SCHEMES = ("grpc", "http", "https")
+DEFAULT_TIMEOUT_S = 60.0  # per request: B+ at 1024 on a busy CPU server takes seconds per image
+
+
+def is_triton_url(model: object) -> bool:
+    """True for grpc://..., http://... and https://... model strings."""
+    return isinstance(model, str) and model.split("://", 1)[0].lower() in URL_SCHEMES and "://" in model
+
+
+def parse_url(url: str) -> tuple[str, str, str, str]:
+    """grpc://HOST:PORT/MODEL[/VERSION] -> (scheme, "HOST:PORT", model, version or "")."""
+    parts = urlsplit(url)
+    scheme = parts.scheme.lower()
+    path = [p for p in parts.path.split("/") if p]
+    if scheme not in URL_SCHEMES or not parts.netloc or not 1 <= len(path) <= 2:
+        raise MgdRtError(f"{url}: a Triton model is grpc://HOST:PORT/MODEL or http://HOST:PORT/MODEL "
+                         "(optionally /VERSION), e.g. grpc://127.0.0.1:8001/mgd_sam2")
+    netloc = parts.netloc if parts.port else f"{parts.netloc}:{8001 if scheme == 'grpc' else 8000}"
+    return scheme, netloc, path[0], path[1] if len(path) == 2 else ""
+
+
+def _floats(text: str | None, default: tuple[float, ...]) -> tuple[float, ...]:
+    return default if not text else tuple(float(v) for v in text.split(","))
+
+
+class TritonBackend(Backend):
+    """``model``: grpc://HOST:PORT/MODEL or http(s)://HOST:PORT/MODEL of a model that fits the contract."""
+
+    name = "triton"
+
+    def __init__(
+        self,
+        model: str | Path,
+        device: str | None = None,
+        dtype: str | None = None,
+        check_inputs: bool = True,
+        timeout_s: float = DEFAULT_TIMEOUT_S,
+    ) -> None:
+        url = str(model)
+        self.scheme, self.netloc, self.model_name, self.version = parse_url(url)
+        if device is not None:
+            raise MgdRtError(f"--device {device}: a Triton model runs where the server puts it; leave --device out")
+        try:
+            if self.scheme == "grpc":
+                import tritonclient.grpc as client_module
+            else:
+                import tritonclient.http as client_module
+            from tritonclient.utils import InferenceServerException
+        except ImportError:
+            raise MgdRtError("the Triton backend needs tritonclient: pip install 'mgd-rt[serve]' "
+                             "(or pip install 'tritonclient[all]')") from None
+        self._module = client_module
+        self._error = InferenceServerException
+        self.timeout_s = timeout_s
+        self._lock = threading.Lock() if self.scheme != "grpc" else None
+        try:
+            if self.scheme == "grpc":
+                self.client = client_module.InferenceServerClient(self.netloc)
+            else:
+                self.client = client_module.InferenceServerClient(
+                    self.netloc, ssl=self.scheme == "https", connection_timeout=timeout_s, network_timeout=timeout_s)
+            live = self.client.is_server_live()
+        except Exception as exc:  # tritonclient raises its own and socket errors
+            raise MgdRtError(f"{url}: no Triton server answers at {self.netloc} ({_first_line(exc)}); start one "
+                             "with mgd-rt serve or tritonserver --model-repository") from None
+        if not live:
+            raise MgdRtError(f"{url}: the Triton server at {self.netloc} is not live")
+        try:
+            ready = self.client.is_model_ready(self.model_name, self.version)
+        except self._error as exc:
+            raise MgdRtError(f"{url}: {_first_line(exc)}") from None
+        if not ready:
+            raise MgdRtError(f"{url}: the server has no ready model {self.model_name!r}"
+                             f"{' version ' + self.version if self.version else ''}; check the name "
+                             "(mgd-rt serve --name, or the model directory in the repository)")
+        metadata, config = self._describe()
+        inputs = {t["name"]: t for t in metadata.get("inputs", [])}
+        outputs = {t["name"]: t for t in metadata.get("outputs", [])}
+        if INPUT_NAME not in inputs or OUTPUT_NAME not in outputs:
+            raise MgdRtError(f"{url}: not an mgd-rt model: needs input {INPUT_NAME!r} and output {OUTPUT_NAME!r}, "
+                             f"has {sorted(inputs)} -> {sorted(outputs)}")
+        if inputs[INPUT_NAME]["datatype"] != "FP32" or outputs[OUTPUT_NAME]["datatype"] != "FP32":
+            raise MgdRtError(f"{url}: {INPUT_NAME!r} and {OUTPUT_NAME!r} must be FP32 (the contract's I/O)")
+        params = {k.removeprefix("mgd_rt."): v.get("string_value", "")
+                  for k, v in (config.get("parameters") or {}).items() if k.startswith("mgd_rt.")}
+        shape = [int(d) for d in inputs[INPUT_NAME]["shape"]]  # (B, 3, S, S) with B -1 when batched
+        self.max_batch = int(config.get("max_batch_size", 0) or 0)
+        self.fixed_batch = None if self.max_batch > 0 else (shape[0] if shape and shape[0] > 0 else None)
+        size = int(params.get("image_size") or (shape[-1] if len(shape) == 4 and shape[-1] > 0 else 0))
+        if len(shape) != 4 or shape[1] != 3 or shape[2:] != [size, size]:
+            raise MgdRtError(f"{url}: input {INPUT_NAME!r} is {shape}, the contract is (B, 3, S, S)")
+        self.image_size = size
+        self.variant = params.get("variant", "unknown")
+        self.precision = params.get("precision", "fp32")
+        self.mean = _floats(params.get("mean"), IMAGENET_MEAN)
+        self.std = _floats(params.get("std"), IMAGENET_STD)
+        self.trained = None  # the server does not say where the weights came from
+        self.device = f"Triton {self.scheme}://{self.netloc}/{self.model_name}"
+        if dtype is not None and dtype != self.precision:
+            raise MgdRtError(f"--dtype {dtype}: {url} serves a {self.precision} model; leave --dtype out")
+        self.check_inputs = check_inputs
+
+    def _describe(self) -> tuple[dict[str, Any], dict[str, Any]]:
+        """The model's metadata and config as plain dicts (the gRPC client answers protobufs)."""
+        try:
+            if self.scheme == "grpc":
+                from google.protobuf.json_format import MessageToDict
+
+                metadata = MessageToDict(self.client.get_model_metadata(self.model_name, self.version),
+                                         preserving_proto_field_name=True)
+                config = MessageToDict(self.client.get_model_config(self.model_name, self.version),
+                                       preserving_proto_field_name=True).get("config", {})
+            else:
+                metadata = self.client.get_model_metadata(self.model_name, self.version)
+                config = self.client.get_model_config(self.model_name, self.version)
+        except self._error as exc:
+            raise MgdRtError(f"{self.model_name}: {_first_line(exc)}") from None
+        return metadata, config
+
+    def _run(self, batch: np.ndarray) -> np.ndarray:
+        step = self.max_batch if self.max_batch > 0 else batch.shape[0]
+        if self.fixed_batch is not None and batch.shape[0] != self.fixed_batch:
+            if self.fixed_batch != 1:
+                raise MgdRtError(f"the served model takes batches of exactly {self.fixed_batch}; "
+                                 f"pass --batch-size {self.fixed_batch}")
+            step = 1
+        # batches beyond the server's max_batch_size go in chunks, each (b, 3, S, S)
+        return np.concatenate([self._send(batch[i : i + step]) for i in range(0, batch.shape[0], step)])
+
+    def _send(self, batch: np.ndarray) -> np.ndarray:
+        """(b, 3, S, S) float32 -> (b, 1, S, S) float32 from the server."""
+        m = self._module
+        request = m.InferInput(INPUT_NAME, list(batch.shape), "FP32")
+        request.set_data_from_numpy(batch)
+        wanted = [m.InferRequestedOutput(OUTPUT_NAME)]
+        try:
+            if self._lock is None:
+                result = self.client.infer(self.model_name, [request], self.version, outputs=wanted,
+                                           client_timeout=self.timeout_s)
+            else:
+                with self._lock:
+                    result = self.client.infer(self.model_name, [request], self.version, outputs=wanted)
+        except self._error as exc:
+            raise MgdRtError(f"Triton {self.netloc}/{self.model_name}: {_first_line(exc)}") from None
+        out = result.as_numpy(OUTPUT_NAME)
+        if out is None or out.shape != (batch.shape[0], 1, self.image_size, self.image_size):
+            got = None if out is None else out.shape
+            raise MgdRtError(f"Triton {self.netloc}/{self.model_name}: answered {OUTPUT_NAME!r} of shape {got}, "
+                             f"expected {(batch.shape[0], 1, self.image_size, self.image_size)}")
+        return np.asarray(out, dtype=np.float32)
+
+    def close(self) -> None:
+        client, self.client = getattr(self, "client", None), None
+        if client is not None:
+            client.close()
+
+
+def _first_line(exc: BaseException) -> str:
+    text = str(exc).strip()
+    return text.splitlines()[0] if text else type(exc).__name__
+
+
+__all__ = ["TritonBackend", "is_triton_url", "parse_url"]
