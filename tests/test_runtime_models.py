@@ -109,3 +109,19 @@ def test_torch_and_onnxruntime_write_the_same_mattes(onnx_path, photos, tmp_path
         summary = infer(ort_seg, [photos], tmp_path / fmt, format=fmt)
         assert summary.done == 2 and not summary.failed
         assert len(list((tmp_path / fmt).iterdir())) == 2
+
+
+@pytest.mark.gpu
+@pytest.mark.skipif(not torch.cuda.is_available(), reason="needs a CUDA GPU (torch.cuda.is_available() is False)")
+@pytest.mark.parametrize("tta", ["none", "flip"])
+def test_torch_backend_on_cuda_matches_cpu(torch_seg, tta):
+    """`--device cuda` (TF32 off, as for any FP32 comparison) gives the CPU logits, with and without TTA."""
+    torch.backends.cuda.matmul.allow_tf32 = False
+    torch.backends.cudnn.allow_tf32 = False
+    photo = data.coffee()
+    cuda_seg = Segmenter(TINY_CHECKPOINT, device="cuda", tta=tta)
+    cpu_seg = torch_seg if tta == "none" else Segmenter(TINY_CHECKPOINT, device="cpu", tta=tta)
+    (on_gpu,) = cuda_seg.stream([photo])
+    (on_cpu,) = cpu_seg.stream([photo])
+    assert "cuda" in cuda_seg.describe()
+    assert compare_logits(on_cpu.logits, on_gpu.logits, "fp32", f"cuda vs cpu, tta={tta}")
