@@ -7,24 +7,14 @@
 
 from __future__ import annotations
 
-import argparse
-import logging
 import sys
 
+from mgd_rt.cli import run_script
 from mgd_rt.cli.build import DESCRIPTION, add_build_arguments, run
-from mgd_rt.errors import MgdRtError
 
 
 def main(argv: list[str] | None = None) -> int:
-    parser = argparse.ArgumentParser(prog="build_trt.py", description=DESCRIPTION)
-    add_build_arguments(parser)  # the parser `mgd-rt build` uses
-    args = parser.parse_args(argv)
-    logging.basicConfig(level=logging.INFO, format="mgd-rt: %(message)s", stream=sys.stderr)
-    try:
-        return run(args)
-    except MgdRtError as exc:
-        print(f"mgd-rt: error: {exc}", file=sys.stderr)
-        return 1
+    return run_script("build_trt.py", DESCRIPTION, add_build_arguments, run, argv)
 
 
 if __name__ == "__main__":

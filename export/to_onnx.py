@@ -6,24 +6,14 @@
 
 from __future__ import annotations
 
-import argparse
-import logging
 import sys
 
+from mgd_rt.cli import run_script
 from mgd_rt.cli.export import DESCRIPTION, add_export_arguments, run
-from mgd_rt.errors import MgdRtError
 
 
 def main(argv: list[str] | None = None) -> int:
-    parser = argparse.ArgumentParser(prog="to_onnx.py", description=DESCRIPTION)
-    add_export_arguments(parser)  # the parser `mgd-rt export` uses
-    args = parser.parse_args(argv)
-    logging.basicConfig(level=logging.INFO, format="mgd-rt: %(message)s", stream=sys.stderr)
-    try:
-        return run(args)
-    except MgdRtError as exc:
-        print(f"mgd-rt: error: {exc}", file=sys.stderr)
-        return 1
+    return run_script("to_onnx.py", DESCRIPTION, add_export_arguments, run, argv)
 
 
 if __name__ == "__main__":

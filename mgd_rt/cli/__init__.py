@@ -10,6 +10,7 @@ import argparse
 import importlib
 import logging
 import sys
+from collections.abc import Callable
 
 from mgd_rt import __version__
 from mgd_rt.errors import MgdRtError
@@ -44,18 +45,37 @@ def build_parser() -> argparse.ArgumentParser:
     return parser
 
 
-def main(argv: list[str] | None = None) -> int:
-    args = build_parser().parse_args(argv)
-    level = logging.DEBUG if args.verbose else logging.WARNING if args.quiet else logging.INFO
+def _execute(func: Callable[[argparse.Namespace], int | None], args: argparse.Namespace) -> int:
+    """Run a command with the CLI's contract: user errors in one line (exit 1), bugs keep their traceback."""
+    verbose, quiet = getattr(args, "verbose", False), getattr(args, "quiet", False)
+    level = logging.DEBUG if verbose else logging.WARNING if quiet else logging.INFO
     logging.basicConfig(level=level, format="mgd-rt: %(message)s", stream=sys.stderr)
     try:
-        return int(args.func(args) or 0)
+        return int(func(args) or 0)
     except MgdRtError as exc:
         print(f"mgd-rt: error: {exc}", file=sys.stderr)
         return 1
     except KeyboardInterrupt:
         print("mgd-rt: interrupted", file=sys.stderr)
         return 130
+
+
+def main(argv: list[str] | None = None) -> int:
+    args = build_parser().parse_args(argv)
+    return _execute(args.func, args)
+
+
+def run_script(
+    prog: str,
+    description: str,
+    add_arguments: Callable[[argparse.ArgumentParser], None],
+    run: Callable[[argparse.Namespace], int | None],
+    argv: list[str] | None = None,
+) -> int:
+    """The top-level scripts (export/to_onnx.py, ...): the subcommand's own parser and run function."""
+    parser = argparse.ArgumentParser(prog=prog, description=description)
+    add_arguments(parser)
+    return _execute(run, parser.parse_args(argv))
 
 
 if __name__ == "__main__":

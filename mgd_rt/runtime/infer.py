@@ -173,6 +173,29 @@ def plan_outputs(
     return todo, skipped
 
 
+
+def start_job(
+    inputs: list[str | Path], outdir: Path, recursive: bool, format: str, overwrite: bool,
+    say: Callable[[str], None],
+) -> tuple[list[tuple[Job, Path]], InferSummary, Callable[[str], None]]:
+    """Collect the inputs, make ``outdir`` and plan each output; every problem goes to ``say``.
+
+    Returns the (job, target) pairs to run, the summary so far and the ``fail`` callback that
+    records one more failed file. Shared with :mod:`mgd_rt.serve.ray_data`.
+    """
+    jobs, problems = collect_inputs(inputs, recursive)
+    prepare_outdir(outdir)
+    summary = InferSummary(failed=[])
+
+    def fail(line: str) -> None:
+        summary.failed.append(line)
+        say(f"mgd-rt: error: {line}")
+
+    for line in problems:
+        fail(line)
+    todo, summary.skipped = plan_outputs(jobs, outdir, format, overwrite, fail)
+    return todo, summary, fail
+
 def infer(
     model: str | Path | Segmenter,
     inputs: list[str | Path],
@@ -205,21 +228,11 @@ def infer(
         raise MgdRtError(f"--threshold {threshold}: must lie strictly between 0 and 1")
     outdir = Path(outdir)
     start = time.perf_counter()
-    jobs, problems = collect_inputs(inputs, recursive)
-    prepare_outdir(outdir)
-    summary = InferSummary(failed=list(problems))
-    bar = _Progress(len(jobs), progress or sys.stderr)  # sys.stderr looked up now, not at import
+    bar = _Progress(0, progress or sys.stderr)  # sys.stderr looked up now, not at import
     bar.enabled = bar.enabled and show_progress
     say = on_message or bar.message
-
-    def fail(line: str) -> None:
-        summary.failed.append(line)
-        say(f"mgd-rt: error: {line}")
-
-    for line in problems:
-        say(f"mgd-rt: error: {line}")
-
-    todo, summary.skipped = plan_outputs(jobs, outdir, format, overwrite, fail)
+    todo, summary, fail = start_job(inputs, outdir, recursive, format, overwrite, say)
+    bar.total = len(todo) + len(summary.failed)  # the bar counts done + failed
 
     seg = model if isinstance(model, Segmenter) else Segmenter(
         model, device=device, backend=backend, dtype=dtype, batch_size=batch_size, tile=tile, tile_scale=tile_scale,

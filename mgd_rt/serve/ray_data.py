@@ -25,7 +25,7 @@ import numpy as np
 
 from mgd_rt.errors import MgdRtError
 from mgd_rt.runtime.image_io import read_image
-from mgd_rt.runtime.infer import InferSummary, collect_inputs, plan_outputs, prepare_outdir
+from mgd_rt.runtime.infer import InferSummary, start_job
 from mgd_rt.runtime.outputs import FORMATS
 
 log = logging.getLogger("mgd_rt")
@@ -141,17 +141,7 @@ def segment_dataset(
 
     start = time.perf_counter()
     outdir = Path(outdir)
-    jobs, problems = collect_inputs(inputs, recursive)
-    prepare_outdir(outdir)
-    summary = InferSummary(failed=list(problems))
-
-    def fail(line: str) -> None:
-        summary.failed.append(line)
-        say(f"mgd-rt: error: {line}")
-
-    for line in problems:
-        say(f"mgd-rt: error: {line}")
-    todo, summary.skipped = plan_outputs(jobs, outdir, format, overwrite, fail)
+    todo, summary, fail = start_job(inputs, outdir, recursive, format, overwrite, say)
 
     from mgd_rt.runtime.backends import load_backend
     from mgd_rt.runtime.backends.triton_backend import is_triton_url

@@ -15,6 +15,11 @@ from mgd_rt.contract import IMAGENET_MEAN, IMAGENET_STD, INPUT_NAME, OUTPUT_NAME
 from mgd_rt.errors import MgdRtError
 
 
+def metadata_floats(text: str | None, default: tuple[float, ...]) -> tuple[float, ...]:
+    """A comma-separated float list from model metadata ("0.485,0.456,0.406"), or ``default``."""
+    return default if not text else tuple(float(v) for v in text.split(","))
+
+
 class Backend(ABC):
     """A loaded model: ``infer`` maps float32 (B, 3, S, S) to float32 (B, 1, S, S) logits.
 

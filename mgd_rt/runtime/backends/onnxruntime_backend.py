@@ -16,14 +16,11 @@ import numpy as np
 
 from mgd_rt.contract import IMAGENET_MEAN, IMAGENET_STD, INPUT_NAME, OUTPUT_NAME
 from mgd_rt.errors import MgdRtError
-from mgd_rt.runtime.backends.base import Backend
+from mgd_rt.runtime.backends.base import Backend, metadata_floats
 
 log = logging.getLogger("mgd_rt")
 GPU_PROVIDERS = ("TensorrtExecutionProvider", "CUDAExecutionProvider")
 
-
-def _floats(text: str | None, default: tuple[float, ...]) -> tuple[float, ...]:
-    return default if not text else tuple(float(v) for v in text.split(","))
 
 
 class OnnxRuntimeBackend(Backend):
@@ -97,8 +94,8 @@ class OnnxRuntimeBackend(Backend):
         self.variant = meta.get("variant", "unknown")
         sha = meta.get("checkpoint_sha256")
         self.trained = None if sha is None else sha != "untrained"
-        self.mean = _floats(meta.get("mean"), IMAGENET_MEAN)
-        self.std = _floats(meta.get("std"), IMAGENET_STD)
+        self.mean = metadata_floats(meta.get("mean"), IMAGENET_MEAN)
+        self.std = metadata_floats(meta.get("std"), IMAGENET_STD)
         self.precision = meta.get("precision", "fp32")
         if dtype is not None and dtype != self.precision:
             # the graph decides its precision (design.md); running something else silently is refused

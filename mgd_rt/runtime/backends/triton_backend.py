@@ -20,7 +20,7 @@ import numpy as np
 
 from mgd_rt.contract import IMAGENET_MEAN, IMAGENET_STD, INPUT_NAME, OUTPUT_NAME
 from mgd_rt.errors import MgdRtError
-from mgd_rt.runtime.backends.base import Backend
+from mgd_rt.runtime.backends.base import Backend, metadata_floats
 
 URL_SCHEMES = ("grpc", "http", "https")
 DEFAULT_TIMEOUT_S = 60.0  # per request: B+ at 1024 on a busy CPU server takes seconds per image
@@ -42,9 +42,6 @@ def parse_url(url: str) -> tuple[str, str, str, str]:
     netloc = parts.netloc if parts.port else f"{parts.netloc}:{8001 if scheme == 'grpc' else 8000}"
     return scheme, netloc, path[0], path[1] if len(path) == 2 else ""
 
-
-def _floats(text: str | None, default: tuple[float, ...]) -> tuple[float, ...]:
-    return default if not text else tuple(float(v) for v in text.split(","))
 
 
 class TritonBackend(Backend):
@@ -116,8 +113,8 @@ class TritonBackend(Backend):
         self.image_size = size
         self.variant = params.get("variant", "unknown")
         self.precision = params.get("precision", "fp32")
-        self.mean = _floats(params.get("mean"), IMAGENET_MEAN)
-        self.std = _floats(params.get("std"), IMAGENET_STD)
+        self.mean = metadata_floats(params.get("mean"), IMAGENET_MEAN)
+        self.std = metadata_floats(params.get("std"), IMAGENET_STD)
         self.trained = None  # the server does not say where the weights came from
         self.device = f"Triton {self.scheme}://{self.netloc}/{self.model_name}"
         if dtype is not None and dtype != self.precision:
