@@ -8,8 +8,9 @@ from pathlib import Path
 import numpy as np
 import pytest
 
-# ../shared/fixtures beside the checkout; MGD_RT_FIXTURES points elsewhere (e.g. on a GPU box)
-FIXTURES = Path(os.environ.get("MGD_RT_FIXTURES", Path(__file__).resolve().parents[2] / "shared" / "fixtures"))
+# A copy of ../shared/fixtures (the authors' tiny checkpoint and the outputs their code computed)
+# travels with the repository, so CI needs nothing beside the clone; MGD_RT_FIXTURES overrides it.
+FIXTURES = Path(os.environ.get("MGD_RT_FIXTURES", Path(__file__).resolve().parent / "fixtures"))
 TINY_CHECKPOINT = FIXTURES / "official_tiny_state_dict.pth"
 TINY_IO = FIXTURES / "official_tiny_io.npz"
 BPLUS_SHAPES = FIXTURES / "official_bplus_state_dict_shapes.json"

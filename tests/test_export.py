@@ -20,12 +20,10 @@ from mgd_rt.export.forms import export_form
 from mgd_rt.export.graph import graph_report, read_metadata
 from mgd_rt.model import use_conv2d_pairs
 from mgd_rt.numerics import compare_logits
+from tests.conftest import TINY_CHECKPOINT, TINY_IO
 
-FIXTURES = Path(__file__).resolve().parents[2] / "shared" / "fixtures"
-CKPT = FIXTURES / "official_tiny_state_dict.pth"
-IO = FIXTURES / "official_tiny_io.npz"
-
-pytestmark = pytest.mark.skipif(not CKPT.is_file(), reason=f"fixture {CKPT} missing")
+CKPT = TINY_CHECKPOINT
+IO = TINY_IO
 
 
 @pytest.fixture(scope="module")
