@@ -150,3 +150,25 @@ def test_cli_scores_a_checkpoint_and_fails_when_nothing_pairs(dis_root, tmp_path
     assert main(["eval", str(TINY_CHECKPOINT), "--images", str(flat_im), "--masks", str(flat_gt)]) == 1
     err = capsys.readouterr().err
     assert "no image/ground-truth pairs" in err and "c.jpg: no ground truth" in err
+
+
+def test_every_precision_is_scored_through_its_artifact(dis_root, tiny, tmp_path_factory):
+    """End to end on the tiny fixture: PyTorch, then its FP32, FP16 and INT8 graphs (S=256)."""
+    from mgd_rt.calibration import calibrate
+    from mgd_rt.export import export_onnx, fp16_path
+    from mgd_rt.runtime import Segmenter
+
+    work = tmp_path_factory.mktemp("artifacts")
+    fp32 = export_onnx(TINY_CHECKPOINT, image_size=256, output=work / "tiny.onnx", fp16=True, verify_graph=False).path
+    int8 = calibrate(fp32, images=dis_root / "im", num_images=2, output=work / "tiny.int8.onnx")
+    report = evaluate([Segmenter(tiny, device="cpu"), fp32, fp16_path(fp32), int8], dis_root)
+    torch_row, fp32_row, fp16_row, int8_row = report.models
+    assert [m.scored for m in report.models] == [2, 2, 2, 2]
+    # the FP32 graph scores what PyTorch scores, metric by metric
+    for key in METRIC_KEYS:
+        assert abs(fp32_row.difference[key]) <= 1e-4 * max(1.0, abs(torch_row.metrics[key])), key
+    for row in (fp16_row, int8_row):
+        assert set(row.difference) == set(METRIC_KEYS)
+        assert all(np.isfinite(v) for v in row.metrics.values())
+    assert abs(fp16_row.difference["MAE"]) < 1e-3 and abs(int8_row.difference["MAE"]) < 1e-2
+    assert "int8" in int8_row.backend or int8_row.model.endswith("int8.onnx")
