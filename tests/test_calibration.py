@@ -120,6 +120,7 @@ def test_metadata(tiny_fp32, tiny_int8, photos):
     assert meta["calibration_images"] == "4"
     assert meta["calibration_source"] == str(photos)
     assert meta["int8_fp32_nodes"] == "19"
+    assert meta["calibration_target"] == "tensorrt"
     assert re.fullmatch(r"[0-9a-f]{64}", meta["calibration_images_sha256"])
     # the same seeded sample, prepared again (from the cache): the same list hash
     again = calib_data.prepare(photos, 4, 512, (0.485, 0.456, 0.406), (0.229, 0.224, 0.225), seed=0,
@@ -145,6 +146,39 @@ def test_accuracy_within_int8_tolerance(tiny_fp32, tiny_int8, tmp_path):
     assert saved["metadata"]["precision"] == "int8"
     assert len(saved["comparisons"]) == 4
     assert saved["worst"]["sigmoid_mae"] == worst["sigmoid_mae"]
+
+
+def test_cpu_target(tiny_fp32, photos, cache_env, tmp_path):
+    """--target cpu: ONNX Runtime's QDQ placement quantizes Conv outputs too, so ORT's CPU optimizer
+    fuses the quantized convolutions into QLinearConv (ModelOpt's TensorRT placement: 1 of 21)."""
+    import onnxruntime as ort
+
+    path = calibrate(tiny_fp32, images=photos, num_images=4, method="max", target="cpu",
+                     output=tmp_path / "tiny.cpu.onnx")
+    model = onnx.load(str(path))
+    meta = read_metadata(model)
+    assert (meta["precision"], meta["calibration_target"], meta["int8_fp32_nodes"]) == ("int8", "cpu", "19")
+    readers = collections.defaultdict(list)
+    for node in model.graph.node:
+        for name in node.input:
+            readers[name].append(node.op_type)
+    convs = [n for n in model.graph.node if n.op_type in ("Conv", "ConvTranspose")]
+    quantized_out = [n for n in convs if "QuantizeLinear" in readers[n.output[0]]]
+    assert len(quantized_out) >= 30  # measured 39 (tensorrt target: 1)
+    assert not {n.name for n in quantized_out} & set(default_excluded_nodes(onnx.load(str(tiny_fp32)), 512))
+    options = ort.SessionOptions()
+    options.optimized_model_filepath = str(tmp_path / "optimized.onnx")
+    ort.InferenceSession(str(path), options, providers=["CPUExecutionProvider"])
+    fused = collections.Counter(n.op_type for n in onnx.load(str(tmp_path / "optimized.onnx")).graph.node)
+    assert fused["QLinearConv"] >= 30 and fused["QLinearMatMul"] >= 100  # measured 39 and 133
+    worst = accuracy_report(tiny_fp32, path, num_images=4).worst
+    # the tiny tensorrt test's bounds (measured here: MAE 2.5e-4, top-10% IoU 0.974 with entropy, 8 photos)
+    assert worst["sigmoid_mae"] <= TOLERANCES["int8"].sigmoid_mae / 10
+    assert worst["max_rel_std"] < 0.15
+    assert worst["iou_05"] > 0.98
+    assert worst["iou_top10"] > 0.95
+    with pytest.raises(MgdRtError, match="--target"):
+        calibrate(tiny_fp32, target="gpu", output=tmp_path / "x.onnx")
 
 
 def test_prepare_skips_bad_files_and_caches(photos, tmp_path, caplog):
@@ -207,7 +241,8 @@ def test_cli_flags_match_script_and_errors(tiny_fp32, tmp_path, capsys):
     sub = build_parser()._subparsers._group_actions[0].choices["calibrate"]
     assert sorted(a.dest for a in script._actions) == sorted(a.dest for a in sub._actions)
     args = sub.parse_args(["m.onnx"])
-    assert (args.num_images, args.method, args.exclude, args.output) == (64, "entropy", [], None)
+    assert (args.num_images, args.method, args.exclude, args.output, args.target) == (64, "entropy", [], None,
+                                                                                      "tensorrt")
     assert main(["calibrate", str(tiny_fp32), "--exclude", "nope", "-o", str(tmp_path / "x.onnx")]) == 1
     assert "--exclude 'nope' matches no node" in capsys.readouterr().err
     path = Path(__file__).resolve().parents[1] / "calibration" / "calibrate.py"

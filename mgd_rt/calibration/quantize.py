@@ -20,6 +20,12 @@ from mgd_rt.errors import MgdRtError
 log = logging.getLogger("mgd_rt")
 
 METHODS = ("entropy", "max", "percentile")
+# tensorrt: ModelOpt's Q/DQ placement (Q/DQ on compute inputs; TensorRT fuses and picks output
+# precision); cpu: ONNX Runtime's quantize_static QDQ placement (Q/DQ on compute outputs too, int32
+# bias), which ORT's CPU optimizer fuses into QLinearConv / QLinearMatMul
+TARGETS = ("tensorrt", "cpu")
+# op types quantized for the cpu target (ORT's quantizer; Add / Resize stay FP32 as for tensorrt)
+CPU_OP_TYPES: tuple[str, ...] = ("Conv", "ConvTranspose", "MatMul", "Gemm")
 # ops that mean a graph is already quantized
 QUANTIZED_OPS = {"QuantizeLinear", "DequantizeLinear", "QLinearConv", "QLinearMatMul", "MatMulInteger",
                  "ConvInteger", "DynamicQuantizeLinear"}
@@ -30,6 +36,7 @@ CALIBRATION_KEYS: dict[str, str] = {
     "calibration_images_sha256": "sha256 of the sorted (name, content sha256) list of those images",
     "calibration_source": "the folder given, or 'scikit-image' for the default photos",
     "int8_fp32_nodes": "number of compute nodes kept in FP32 (default exclusions + --exclude)",
+    "calibration_target": "tensorrt (ModelOpt's placement) or cpu (ONNX Runtime's QDQ placement)",
 }
 
 
@@ -84,6 +91,7 @@ def calibrate(
     default_exclusions: bool = True,
     per_node: bool | None = None,
     cache: bool = True,
+    target: str = "tensorrt",
 ) -> Path:
     """Quantize ``onnx_path`` (FP32, image (B, 3, S, S) -> mask_logits (B, 1, S, S)) to INT8 Q/DQ.
 
@@ -95,7 +103,10 @@ def calibrate(
     patterns (regex on node names, or ``op:TYPE``) kept in FP32, on top of the measured
     defaults (``exclusions.py``) unless ``default_exclusions`` is False. ``per_node``:
     ModelOpt's node-by-node calibration, which bounds memory but is slow (None: off, with a
-    warning at S >= 1024, where one image's activations passed 17 GB for B+). Returns the path written (default
+    warning at S >= 1024, where one image's activations passed 17 GB for B+). ``target``:
+    ``tensorrt`` (ModelOpt's TensorRT placement) or ``cpu`` (ONNX Runtime's own QDQ quantizer:
+    Q/DQ on Conv/MatMul outputs too, so ORT's CPU optimizer fuses them into integer kernels;
+    same exclusions, U8 activations, per-channel S8 weights). Returns the path written (default
     ``<name>.int8.onnx``); the input is never modified.
     """
     import onnx
@@ -107,6 +118,8 @@ def calibrate(
     onnx_path = Path(onnx_path)
     if method not in METHODS:
         raise MgdRtError(f"--method {method}: use one of {', '.join(METHODS)}")
+    if target not in TARGETS:
+        raise MgdRtError(f"--target {target}: use one of {', '.join(TARGETS)}")
     model, meta = load_fp32_graph(onnx_path)
     output = Path(output) if output is not None else int8_path(onnx_path)
     if output.suffix != ".onnx":
@@ -141,8 +154,12 @@ def calibrate(
             # bounds memory but builds one ORT session per node per image (not done after 11 min)
             log.warning("S=%d: calibration keeps every activation of one image in memory (B+ at 1024: "
                         "> 17 GB); per_node=True bounds it but is very slow", size)
-    quantized = _modelopt_quantize(onnx_path, image_set.tensors, method, fp32_nodes,
-                                   DEFAULT_EXCLUDE_OP_TYPES if default_exclusions else (), per_node, output.parent)
+    fp32_op_types = DEFAULT_EXCLUDE_OP_TYPES if default_exclusions else ()
+    if target == "cpu":
+        quantized = _ort_quantize(onnx_path, image_set.tensors, method, fp32_nodes, fp32_op_types, output.parent)
+    else:
+        quantized = _modelopt_quantize(onnx_path, image_set.tensors, method, fp32_nodes, fp32_op_types, per_node,
+                                       output.parent)
     set_metadata(quantized, {
         **meta,
         "precision": "int8",
@@ -151,6 +168,7 @@ def calibrate(
         "calibration_images_sha256": image_set.list_sha256,
         "calibration_source": image_set.source,
         "int8_fp32_nodes": str(len(fp32_nodes)),
+        "calibration_target": target,
     })
     onnx.checker.check_model(quantized)
     nbytes = save_atomic(quantized, output)
@@ -199,3 +217,78 @@ def _modelopt_quantize(
             raise RuntimeError(f"ModelOpt wrote no graph at {target}")
         return onnx.load(str(target))
 
+
+
+def _ort_quantize(
+    onnx_path: Path,
+    tensors: np.ndarray,
+    method: str,
+    fp32_nodes: list[str],
+    fp32_op_types: tuple[str, ...],
+    workdir: Path,
+):
+    """ONNX Runtime's static QDQ quantization of ``onnx_path`` (the ``cpu`` target's placement).
+
+    Run in a fresh interpreter: ModelOpt's quantize() monkeypatches onnxruntime.quantization's
+    calibrators and quantizers process-wide (ort_patching.patch_ort_modules), after which ORT's own
+    quantize_static fails ("Quantization parameters are not specified for param ...").
+    """
+    import json
+    import subprocess
+    import sys
+
+    import onnx
+
+    with tempfile.TemporaryDirectory(prefix=".calibrate-", dir=workdir) as tmp:
+        target = Path(tmp) / "int8.onnx"
+        np.save(Path(tmp) / "calib.npy", np.ascontiguousarray(tensors, dtype=np.float32))
+        job = {"source": str(onnx_path), "target": str(target), "data": str(Path(tmp) / "calib.npy"),
+               "method": method, "nodes": list(fp32_nodes),
+               "op_types": [t for t in CPU_OP_TYPES if t not in fp32_op_types]}
+        code = "import sys; from mgd_rt.calibration.quantize import _ort_quantize_job as j; j(sys.argv[1])"
+        done = subprocess.run([sys.executable, "-c", code, json.dumps(job)], capture_output=True, text=True)
+        if done.returncode != 0 or not target.is_file():
+            raise RuntimeError(f"ONNX Runtime quantize_static failed:\n{done.stderr[-4000:]}")
+        return onnx.load(str(target))
+
+
+def _ort_quantize_job(job_json: str) -> None:
+    """The child side of ``_ort_quantize``: ``quantize_static`` with QDQ, U8 activations, per-channel S8 weights."""
+    import json
+    import sys
+
+    from onnxruntime.quantization import (
+        CalibrationDataReader,
+        CalibrationMethod,
+        QuantFormat,
+        QuantType,
+        quantize_static,
+    )
+
+    job = json.loads(job_json)
+    if "modelopt" in sys.modules:
+        raise RuntimeError("ModelOpt is loaded: its patches break onnxruntime.quantization")
+    tensors = np.load(job["data"])
+
+    class _Reader(CalibrationDataReader):
+        def __init__(self):
+            self._rows = iter(tensors)
+
+        def get_next(self):
+            row = next(self._rows, None)
+            return None if row is None else {INPUT_NAME: row[None]}
+
+    quantize_static(
+        job["source"],
+        job["target"],
+        _Reader(),
+        quant_format=QuantFormat.QDQ,
+        op_types_to_quantize=job["op_types"],
+        nodes_to_exclude=job["nodes"],
+        per_channel=True,
+        activation_type=QuantType.QUInt8,
+        weight_type=QuantType.QInt8,
+        calibrate_method={"entropy": CalibrationMethod.Entropy, "max": CalibrationMethod.MinMax,
+                          "percentile": CalibrationMethod.Percentile}[job["method"]],
+        calibration_providers=["CPUExecutionProvider"],
+    )

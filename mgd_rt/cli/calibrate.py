@@ -20,7 +20,7 @@ DESCRIPTION = (
 
 
 def add_calibrate_arguments(parser: argparse.ArgumentParser) -> None:
-    from mgd_rt.calibration.quantize import METHODS
+    from mgd_rt.calibration.quantize import METHODS, TARGETS
 
     parser.add_argument("model", help="the FP32 .onnx graph mgd-rt export wrote")
     group = parser.add_argument_group("calibration")
@@ -36,6 +36,9 @@ def add_calibrate_arguments(parser: argparse.ArgumentParser) -> None:
                        "(added to the measured defaults)")
     group.add_argument("--no-default-exclusions", dest="default_exclusions", action="store_false",
                        help="quantize the layers the sensitivity sweep keeps in FP32 too")
+    group.add_argument("--target", choices=TARGETS, default="tensorrt",
+                       help="Q/DQ placement: tensorrt (ModelOpt, for TensorRT) or cpu (ONNX Runtime's "
+                       "quantizer, for its CPU integer kernels) (default: tensorrt)")
     group.add_argument("--seed", type=int, default=0, help="sampling seed (default: 0)")
     group.add_argument("--no-cache", dest="cache", action="store_false",
                        help="prepare the images again instead of reading the cache")
@@ -73,6 +76,7 @@ def run(args: argparse.Namespace) -> int:
         seed=args.seed,
         default_exclusions=args.default_exclusions,
         cache=args.cache,
+        target=args.target,
     )
     print(f"wrote {path} ({path.stat().st_size / 1e6:.1f} MB)")
     if not args.make_report:
