@@ -38,6 +38,15 @@ class Backend(ABC):
     mean: tuple[float, ...] = IMAGENET_MEAN
     std: tuple[float, ...] = IMAGENET_STD
 
+    def apply_metadata(self, meta: Mapping[str, str]) -> None:
+        """Variant, the weights' origin and the normalisation from an artifact's metadata props
+        (contract.METADATA_KEYS: ONNX metadata, an engine sidecar's copy, Triton parameters)."""
+        self.variant = meta.get("variant", "unknown")
+        sha = meta.get("checkpoint_sha256")
+        self.trained = None if sha is None else sha != "untrained"
+        self.mean = metadata_floats(meta.get("mean"), IMAGENET_MEAN)
+        self.std = metadata_floats(meta.get("std"), IMAGENET_STD)
+
     def infer(self, inputs: Mapping[str, np.ndarray] | np.ndarray) -> np.ndarray:
         """{"image": (B, 3, S, S) float32} or the array itself -> (B, 1, S, S) float32 logits."""
         batch = inputs[INPUT_NAME] if isinstance(inputs, Mapping) else inputs

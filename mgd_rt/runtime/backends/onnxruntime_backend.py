@@ -14,9 +14,9 @@ from pathlib import Path
 
 import numpy as np
 
-from mgd_rt.contract import IMAGENET_MEAN, IMAGENET_STD, INPUT_NAME, OUTPUT_NAME
+from mgd_rt.contract import INPUT_NAME, OUTPUT_NAME
 from mgd_rt.errors import MgdRtError
-from mgd_rt.runtime.backends.base import Backend, metadata_floats
+from mgd_rt.runtime.backends.base import Backend
 
 log = logging.getLogger("mgd_rt")
 GPU_PROVIDERS = ("TensorrtExecutionProvider", "CUDAExecutionProvider")
@@ -91,11 +91,7 @@ class OnnxRuntimeBackend(Backend):
             raise MgdRtError(f"{path}: neither an image_size metadata prop nor a static input size")
         self.image_size = int(size)
         self.fixed_batch = shape[0] if isinstance(shape[0], int) else None
-        self.variant = meta.get("variant", "unknown")
-        sha = meta.get("checkpoint_sha256")
-        self.trained = None if sha is None else sha != "untrained"
-        self.mean = metadata_floats(meta.get("mean"), IMAGENET_MEAN)
-        self.std = metadata_floats(meta.get("std"), IMAGENET_STD)
+        self.apply_metadata(meta)
         self.precision = meta.get("precision", "fp32")
         if dtype is not None and dtype != self.precision:
             # the graph decides its precision (design.md); running something else silently is refused

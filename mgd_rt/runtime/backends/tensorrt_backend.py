@@ -20,7 +20,7 @@ import numpy as np
 
 from mgd_rt.build.library import GpuInfo, Library, check_cuda, cuda_runtime, current_gpu, import_library
 from mgd_rt.build.sidecar import read_sidecar
-from mgd_rt.contract import IMAGENET_MEAN, IMAGENET_STD, INPUT_NAME, OUTPUT_NAME
+from mgd_rt.contract import INPUT_NAME, OUTPUT_NAME
 from mgd_rt.errors import MgdRtError
 from mgd_rt.runtime.backends.base import Backend
 
@@ -129,11 +129,8 @@ class TensorRTBackend(Backend):
 
         meta = sidecar["source"].get("metadata", {})
         self.image_size = int(sidecar["image_size"])
-        self.variant = sidecar.get("variant", meta.get("variant", "unknown"))
-        sha = meta.get("checkpoint_sha256")
-        self.trained = None if sha is None else sha != "untrained"
-        self.mean = tuple(float(v) for v in meta["mean"].split(",")) if "mean" in meta else IMAGENET_MEAN
-        self.std = tuple(float(v) for v in meta["std"].split(",")) if "std" in meta else IMAGENET_STD
+        self.apply_metadata(meta)
+        self.variant = sidecar.get("variant", self.variant)
         self.precision = sidecar["precision"]
         self.check_inputs = check_inputs
         self.device = f"cuda:{index} ({self.gpu.name})"

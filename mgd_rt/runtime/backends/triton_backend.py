@@ -18,9 +18,9 @@ from urllib.parse import urlsplit
 
 import numpy as np
 
-from mgd_rt.contract import IMAGENET_MEAN, IMAGENET_STD, INPUT_NAME, OUTPUT_NAME
+from mgd_rt.contract import INPUT_NAME, OUTPUT_NAME
 from mgd_rt.errors import MgdRtError
-from mgd_rt.runtime.backends.base import Backend, metadata_floats
+from mgd_rt.runtime.backends.base import Backend
 
 URL_SCHEMES = ("grpc", "http", "https")
 DEFAULT_TIMEOUT_S = 60.0  # per request: B+ at 1024 on a busy CPU server takes seconds per image
@@ -111,11 +111,8 @@ class TritonBackend(Backend):
         if len(shape) != 4 or shape[1] != 3 or shape[2:] != [size, size]:
             raise MgdRtError(f"{url}: input {INPUT_NAME!r} is {shape}, the contract is (B, 3, S, S)")
         self.image_size = size
-        self.variant = params.get("variant", "unknown")
+        self.apply_metadata(params)  # no checkpoint hash among the parameters: trained stays unknown
         self.precision = params.get("precision", "fp32")
-        self.mean = metadata_floats(params.get("mean"), IMAGENET_MEAN)
-        self.std = metadata_floats(params.get("std"), IMAGENET_STD)
-        self.trained = None  # the server does not say where the weights came from
         self.device = f"Triton {self.scheme}://{self.netloc}/{self.model_name}"
         if dtype is not None and dtype != self.precision:
             raise MgdRtError(f"--dtype {dtype}: {url} serves a {self.precision} model; leave --dtype out")
