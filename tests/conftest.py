@@ -3,6 +3,8 @@
 from __future__ import annotations
 
 import os
+import shutil
+from collections.abc import Callable
 from pathlib import Path
 
 import numpy as np
@@ -21,6 +23,26 @@ def tiny_io() -> dict[str, np.ndarray]:
     """image (2, 3, 512, 512) normalised, mask_logits (2, 1, 512, 512) from the authors' code."""
     with np.load(TINY_IO) as data:
         return {k: data[k] for k in data.files}
+
+
+@pytest.fixture(scope="session")
+def tiny_onnx_copy(tmp_path_factory: pytest.TempPathFactory) -> Callable[..., Path]:
+    """``copy(size=512, name="tiny.onnx")``: a fresh copy, in a folder of its own, of the fixture
+    checkpoint's FP32 graph at S=size. Each size is exported once per session (~40 s each on
+    2 cores), and every caller gets its own file, so tests writing beside it stay independent."""
+    exported: dict[int, Path] = {}
+
+    def copy(size: int = 512, name: str = "tiny.onnx") -> Path:
+        if size not in exported:
+            from mgd_rt.export import export_onnx
+
+            out = tmp_path_factory.mktemp(f"export{size}") / "tiny.onnx"
+            exported[size] = export_onnx(TINY_CHECKPOINT, image_size=size, output=out, verify_graph=False).path
+        target = tmp_path_factory.mktemp("tiny") / name
+        shutil.copyfile(exported[size], target)
+        return target
+
+    return copy
 
 
 def cuda_available() -> bool:

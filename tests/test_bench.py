@@ -30,15 +30,9 @@ RESULT_KEYS = {"model", "label", "batch", "backend", "device", "precision", "var
 
 
 @pytest.fixture(scope="module")
-def onnx_path(tmp_path_factory) -> Path:
-    """The fixture checkpoint exported once per module (FP32 graph at S=256)."""
-    try:
-        from mgd_rt.export import export_onnx
-    except ImportError:
-        pytest.skip("mgd_rt.export.export_onnx is not importable")
-    out = tmp_path_factory.mktemp("bench_onnx") / "tiny256.onnx"
-    export_onnx(TINY_CHECKPOINT, image_size=SIZE, output=out, verify_graph=False)
-    return out
+def onnx_path(tiny_onnx_copy) -> Path:
+    """The fixture checkpoint's FP32 graph at S=256."""
+    return tiny_onnx_copy(SIZE, "tiny256.onnx")
 
 
 @pytest.fixture(scope="module")

@@ -13,7 +13,6 @@ from pathlib import Path
 import numpy as np
 import onnx
 import pytest
-from conftest import TINY_CHECKPOINT
 from onnx import TensorProto, helper
 
 from mgd_rt.build import (
@@ -36,14 +35,8 @@ _DTYPES = {TensorProto.FLOAT: "float32", TensorProto.FLOAT16: "float16"}
 
 
 @pytest.fixture(scope="module")
-def tiny_onnx(tmp_path_factory) -> Path:
-    if not TINY_CHECKPOINT.is_file():
-        pytest.skip(f"fixture {TINY_CHECKPOINT} missing")
-    from mgd_rt.export import export_onnx
-
-    out = tmp_path_factory.mktemp("build") / "tiny.onnx"
-    export_onnx(TINY_CHECKPOINT, output=out, verify_graph=False)
-    return out
+def tiny_onnx(tiny_onnx_copy) -> Path:
+    return tiny_onnx_copy()
 
 
 def one_conv_graph(path: Path, batch: int | str = "batch", precision: str = "fp32", size: int = 64) -> Path:
@@ -117,10 +110,6 @@ def test_fp16_engine_from_fp32_graph_via_cli(tiny_onnx, capsys):
 
 @needs_rtx
 def test_int8_engine_from_calibration(tiny_onnx, tmp_path):
-    try:
-        from mgd_rt.calibration import calibrate  # noqa: F401
-    except ImportError:
-        pytest.skip("mgd_rt.calibration not available")
     from PIL import Image
     from skimage import data
 

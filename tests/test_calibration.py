@@ -15,14 +15,12 @@ from pathlib import Path
 import numpy as np
 import onnx
 import pytest
-from conftest import TINY_CHECKPOINT
 
 from mgd_rt.contract import INPUT_NAME, METADATA_KEYS
 from mgd_rt.errors import MgdRtError
 from mgd_rt.numerics import TOLERANCES
 
 pytest.importorskip("modelopt.onnx.quantization", reason="nvidia-modelopt not installed (pip install -e '.[int8]')")
-pytestmark = pytest.mark.skipif(not TINY_CHECKPOINT.is_file(), reason=f"fixture {TINY_CHECKPOINT} missing")
 
 from mgd_rt.calibration import DEFAULT_EXCLUDE_OP_TYPES, accuracy_report, calibrate, int8_path  # noqa: E402
 from mgd_rt.calibration import data as calib_data  # noqa: E402
@@ -58,11 +56,8 @@ def photos(tmp_path_factory) -> Path:
 
 
 @pytest.fixture(scope="module")
-def tiny_fp32(tmp_path_factory) -> Path:
-    from mgd_rt.export import export_onnx
-
-    out = tmp_path_factory.mktemp("export") / "tiny.onnx"
-    return export_onnx(TINY_CHECKPOINT, output=out, verify_graph=False).path
+def tiny_fp32(tiny_onnx_copy) -> Path:
+    return tiny_onnx_copy()
 
 
 @pytest.fixture(scope="module")

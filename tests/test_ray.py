@@ -15,14 +15,8 @@ SIZE = 256  # tiny variant at S=256: quick on 2 cores, the pipeline is what is t
 
 
 @pytest.fixture(scope="module")
-def tiny_onnx(tmp_path_factory: pytest.TempPathFactory) -> Path:
-    pytest.importorskip("torch")
-    from conftest import TINY_CHECKPOINT
-
-    from mgd_rt.export import export_onnx
-
-    out = tmp_path_factory.mktemp("tiny") / "tiny.onnx"
-    return export_onnx(TINY_CHECKPOINT, image_size=SIZE, output=out, verify_graph=False).path
+def tiny_onnx(tiny_onnx_copy) -> Path:
+    return tiny_onnx_copy(SIZE)
 
 
 def _photos(folder: Path) -> list[str]:

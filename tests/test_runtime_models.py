@@ -26,14 +26,8 @@ def torch_seg() -> Segmenter:
 
 
 @pytest.fixture(scope="module")
-def onnx_path(tmp_path_factory) -> Path:
-    try:
-        from mgd_rt.export import export_onnx
-    except ImportError:
-        pytest.skip("mgd_rt.export.export_onnx is not importable")
-    out = tmp_path_factory.mktemp("onnx") / "tiny.onnx"
-    export_onnx(TINY_CHECKPOINT, output=out, verify_graph=False)
-    return out
+def onnx_path(tiny_onnx_copy) -> Path:
+    return tiny_onnx_copy()
 
 
 @pytest.fixture(scope="module")

@@ -153,18 +153,13 @@ def test_cuda_python_memory_roundtrip():
 
 
 @pytest.fixture(scope="module")
-def gpu_tiny(tmp_path_factory):
+def gpu_tiny(tiny_onnx_copy):
     """The tiny graph and its PyTorch model, only where a GPU and TensorRT are present."""
     if reason := _missing_for_gpu():
         pytest.skip(reason)
-    if not TINY_CHECKPOINT.is_file():
-        pytest.skip(f"fixture {TINY_CHECKPOINT} missing")
     import mgd_rt
-    from mgd_rt.export import export_onnx
 
-    out = tmp_path_factory.mktemp("trt") / "tiny.onnx"
-    export_onnx(TINY_CHECKPOINT, output=out, verify_graph=False)
-    return out, mgd_rt.load_model(TINY_CHECKPOINT)
+    return tiny_onnx_copy(), mgd_rt.load_model(TINY_CHECKPOINT)
 
 
 @pytest.mark.gpu
@@ -179,10 +174,6 @@ def test_engine_runs_and_matches_pytorch(gpu_tiny, precision, tmp_path):
     onnx_path, model = gpu_tiny
     options = {}
     if precision == "int8":
-        try:
-            from mgd_rt.calibration import calibrate  # noqa: F401
-        except ImportError:
-            pytest.skip("mgd_rt.calibration not available")
         from PIL import Image
         from skimage import data
 

@@ -237,14 +237,8 @@ def _serve_env(python: str) -> Path:
 
 
 @pytest.fixture(scope="module")
-def tiny_onnx(tmp_path_factory: pytest.TempPathFactory) -> Path:
-    pytest.importorskip("torch")
-    from conftest import TINY_CHECKPOINT
-
-    from mgd_rt.export import export_onnx
-
-    out = tmp_path_factory.mktemp("tiny") / "tiny.onnx"
-    return export_onnx(TINY_CHECKPOINT, image_size=SIZE, output=out, verify_graph=False).path
+def tiny_onnx(tiny_onnx_copy) -> Path:
+    return tiny_onnx_copy(SIZE)
 
 
 def _wait_ready(url: str, proc: subprocess.Popen, deadline: float) -> None:
