@@ -8,6 +8,7 @@ look-ahead; results come back in input order, failures as results with an ``erro
 
 from __future__ import annotations
 
+import itertools
 import time
 from collections import deque
 from collections.abc import Iterable, Iterator
@@ -159,26 +160,21 @@ class Segmenter:
         lookahead = 2 * self.batch_size + self.workers
         with ThreadPoolExecutor(self.workers, thread_name_prefix="mgd-rt-decode") as pool:
             queue: deque[Future[_Prepared]] = deque()
-            it = iter(images)
-            exhausted = False
-            while True:
-                while not exhausted and len(queue) < lookahead:
-                    try:
-                        queue.append(pool.submit(self._prepare, next(it)))
-                    except StopIteration:
-                        exhausted = True
-                if not queue:
-                    return
+            pending = iter(images)
+
+            def decode_ahead() -> None:
+                for source in itertools.islice(pending, max(lookahead - len(queue), 0)):
+                    queue.append(pool.submit(self._prepare, source))
+
+            decode_ahead()
+            while queue:
                 # take items until batch_size decoded images (failures ride along in order)
                 group: list[_Prepared] = []
                 while queue and sum(p.error is None for p in group) < self.batch_size:
                     group.append(queue.popleft().result())
-                    while not exhausted and len(queue) < lookahead:  # keep decoding ahead
-                        try:
-                            queue.append(pool.submit(self._prepare, next(it)))
-                        except StopIteration:
-                            exhausted = True
+                    decode_ahead()
                 yield from self._run_group(group)
+                decode_ahead()
 
     def _run_group(self, group: list[_Prepared]) -> Iterator[Result]:
         good = [p for p in group if p.error is None]
