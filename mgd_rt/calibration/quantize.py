@@ -14,12 +14,12 @@ import numpy as np
 
 from mgd_rt.calibration import data as calib_data
 from mgd_rt.calibration.exclusions import DEFAULT_EXCLUDE_OP_TYPES, default_excluded_nodes, match_patterns
+from mgd_rt.calibration.ranges import METHODS, collect_ranges
 from mgd_rt.contract import IMAGENET_MEAN, IMAGENET_STD, INPUT_NAME
 from mgd_rt.errors import MgdRtError
 
 log = logging.getLogger("mgd_rt")
 
-METHODS = ("entropy", "max", "percentile")
 # tensorrt: ModelOpt's Q/DQ placement (Q/DQ on compute inputs; TensorRT fuses and picks output
 # precision); cpu: ONNX Runtime's quantize_static QDQ placement (Q/DQ on compute outputs too, int32
 # bias), which ORT's CPU optimizer fuses into QLinearConv / QLinearMatMul
@@ -89,7 +89,6 @@ def calibrate(
     output: str | Path | None = None,
     seed: int = 0,
     default_exclusions: bool = True,
-    per_node: bool | None = None,
     cache: bool = True,
     target: str = "tensorrt",
 ) -> Path:
@@ -101,12 +100,12 @@ def calibrate(
     ranges by ``method``; the rest of the graph stays FP32 (ONNX Runtime's CPU kernels run
     FP16 slowly, and TensorRT fuses Q/DQ the same way either way). ``exclude``: extra
     patterns (regex on node names, or ``op:TYPE``) kept in FP32, on top of the measured
-    defaults (``exclusions.py``) unless ``default_exclusions`` is False. ``per_node``:
-    ModelOpt's node-by-node calibration, which bounds memory but is slow (None: off, with a
-    warning at S >= 1024, where one image's activations passed 17 GB for B+). ``target``:
-    ``tensorrt`` (ModelOpt's TensorRT placement) or ``cpu`` (ONNX Runtime's own QDQ quantizer:
-    Q/DQ on Conv/MatMul outputs too, so ORT's CPU optimizer fuses them into integer kernels;
-    same exclusions, U8 activations, per-channel S8 weights). Returns the path written (default
+    defaults (``exclusions.py``) unless ``default_exclusions`` is False. Ranges are measured by
+    ``ranges.collect_ranges`` (memory bounded by one forward pass) for both targets. ``target``:
+    ``tensorrt`` (ModelOpt's TensorRT placement, symmetric INT8 activations) or ``cpu`` (ONNX
+    Runtime's own QDQ quantizer: Q/DQ on Conv/MatMul outputs too, so ORT's CPU optimizer fuses
+    them into integer kernels; same exclusions plus the activation x activation MatMuls, U8
+    activations, per-channel S8 weights). Returns the path written (default
     ``<name>.int8.onnx``); the input is never modified.
     """
     import onnx
@@ -147,19 +146,18 @@ def calibrate(
         image_set = calib_data.prepare(images, num_images, size, mean, std, seed, cache=cache_dir)
     log.info("calibrating on %d images (%s), method %s, %d nodes kept FP32 + op types %s",
              len(image_set.names), image_set.source, method, len(fp32_nodes), ",".join(DEFAULT_EXCLUDE_OP_TYPES))
-    if per_node is None:
-        per_node = False
-        if size >= 1024:
-            # measured on B+ at S=1024: keeping one image's activations passed 17 GB; per-node mode
-            # bounds memory but builds one ORT session per node per image (not done after 11 min)
-            log.warning("S=%d: calibration keeps every activation of one image in memory (B+ at 1024: "
-                        "> 17 GB); per_node=True bounds it but is very slow", size)
     fp32_op_types = DEFAULT_EXCLUDE_OP_TYPES if default_exclusions else ()
     if target == "cpu":
-        quantized = _ort_quantize(onnx_path, image_set.tensors, method, fp32_nodes, fp32_op_types, output.parent)
+        names = cpu_calibrated_tensors(model, fp32_nodes, fp32_op_types)
+        ranges = collect_ranges(model, names, image_set.tensors, method)
+        quantized = _ort_quantize(onnx_path, ranges, cpu_quantized_nodes(model, fp32_nodes, fp32_op_types),
+                                  output.parent)
     else:
-        quantized = _modelopt_quantize(onnx_path, image_set.tensors, method, fp32_nodes, fp32_op_types, per_node,
-                                       output.parent)
+        # ModelOpt decides the placement (its calibration on one image is replaced below)
+        quantized = _modelopt_quantize(onnx_path, image_set.tensors[:1], fp32_nodes, fp32_op_types, output.parent)
+        names = quantized_activations(quantized)
+        ranges = collect_ranges(model, names, image_set.tensors, method)
+        set_symmetric_scales(quantized, ranges)
     set_metadata(quantized, {
         **meta,
         "precision": "int8",
@@ -179,13 +177,15 @@ def calibrate(
 def _modelopt_quantize(
     onnx_path: Path,
     tensors: np.ndarray,
-    method: str,
     fp32_nodes: list[str],
     fp32_op_types: tuple[str, ...],
-    per_node: bool,
     workdir: Path,
 ):
-    """ModelOpt INT8 PTQ of a private copy of ``onnx_path`` on ``tensors`` (N, 3, S, S) float32."""
+    """ModelOpt INT8 PTQ (max ranges on ``tensors`` (N, 3, S, S)) of a private copy of ``onnx_path``.
+
+    Its max calibrator reduces each tensor inside the graph (B+ at 1024, one image: 14 GB peak);
+    its entropy mode keeps every activation as an output, hence ranges come from collect_ranges.
+    """
     import onnx
 
     try:
@@ -203,13 +203,12 @@ def _modelopt_quantize(
             str(source),
             quantize_mode="int8",
             calibration_data={INPUT_NAME: np.ascontiguousarray(tensors, dtype=np.float32)},
-            calibration_method=method,
+            calibration_method="max",
             calibration_eps=["cpu"],
             # exact names: ModelOpt matches nodes_to_exclude with re.match, a prefix match
             nodes_to_exclude=[f"{re.escape(name)}$" for name in fp32_nodes] or None,
             op_types_to_exclude=list(fp32_op_types) or None,
             high_precision_dtype="fp32",
-            calibrate_per_node=per_node,
             output_path=str(target),
             log_level="WARNING",
         )
@@ -218,16 +217,56 @@ def _modelopt_quantize(
         return onnx.load(str(target))
 
 
+def quantized_activations(model) -> list[str]:
+    """Names of the activation tensors (not initializers) that feed QuantizeLinear nodes."""
+    weights = {t.name for t in model.graph.initializer}
+    return list(dict.fromkeys(n.input[0] for n in model.graph.node
+                              if n.op_type == "QuantizeLinear" and n.input[0] not in weights))
 
-def _ort_quantize(
-    onnx_path: Path,
-    tensors: np.ndarray,
-    method: str,
-    fp32_nodes: list[str],
-    fp32_op_types: tuple[str, ...],
-    workdir: Path,
-):
-    """ONNX Runtime's static QDQ quantization of ``onnx_path`` (the ``cpu`` target's placement).
+
+def set_symmetric_scales(model, ranges: dict[str, tuple[float, float]]) -> None:
+    """Set each activation QuantizeLinear's scale to max(|low|, |high|) / 127 (symmetric INT8, zero point 0)."""
+    from onnx import numpy_helper
+
+    initializers = {t.name: t for t in model.graph.initializer}
+    scales: dict[str, float] = {}
+    for node in model.graph.node:
+        if node.op_type != "QuantizeLinear" or node.input[0] not in ranges:
+            continue
+        zero_point = numpy_helper.to_array(initializers[node.input[2]]) if len(node.input) > 2 else np.int8(0)
+        if zero_point.dtype != np.int8 or np.any(zero_point != 0):
+            raise RuntimeError(f"{node.name}: expected a symmetric INT8 quantizer (int8 zero point 0)")
+        low, high = ranges[node.input[0]]
+        limit = max(abs(low), abs(high), 1e-12)
+        scales[node.input[1]] = max(scales.get(node.input[1], 0.0), limit / 127.0)
+    for name, scale in scales.items():
+        initializers[name].CopyFrom(numpy_helper.from_array(np.array(scale, np.float32), name))
+
+
+def cpu_quantized_nodes(model, fp32_nodes: list[str], fp32_op_types: tuple[str, ...]) -> list[str]:
+    """Nodes the cpu target quantizes: CPU_OP_TYPES not kept FP32, and no MatMul of two activations.
+
+    Both inputs of an attention MatMul are activations, so ORT runs it as U8 x U8, which MLAS
+    computes no faster than FP32 (measured here: 308 vs 304 GOPS, while U8 x S8 ran 1,084), and
+    its Softmax becomes a QLinearSoftmax 4.7x slower than the FP32 one (B+ at 512).
+    """
+    weights = {t.name for t in model.graph.initializer}
+    excluded = set(fp32_nodes)
+    return [n.name for n in model.graph.node
+            if n.op_type in CPU_OP_TYPES and n.op_type not in fp32_op_types and n.name not in excluded
+            and not (n.op_type == "MatMul" and n.input[1] not in weights)]
+
+
+def cpu_calibrated_tensors(model, fp32_nodes: list[str], fp32_op_types: tuple[str, ...]) -> list[str]:
+    """Float activations into and out of the cpu target's quantized nodes (what ORT's QDQ quantizer reads)."""
+    weights = {t.name for t in model.graph.initializer}
+    chosen = set(cpu_quantized_nodes(model, fp32_nodes, fp32_op_types))
+    return list(dict.fromkeys(t for n in model.graph.node if n.name in chosen
+                              for t in list(n.input) + list(n.output) if t and t not in weights))
+
+
+def _ort_quantize(onnx_path: Path, ranges: dict[str, tuple[float, float]], nodes: list[str], workdir: Path):
+    """ONNX Runtime's static QDQ quantization of ``nodes`` with the given ``ranges`` (the ``cpu`` placement).
 
     Run in a fresh interpreter: ModelOpt's quantize() monkeypatches onnxruntime.quantization's
     calibrators and quantizers process-wide (ort_patching.patch_ort_modules), after which ORT's own
@@ -241,10 +280,10 @@ def _ort_quantize(
 
     with tempfile.TemporaryDirectory(prefix=".calibrate-", dir=workdir) as tmp:
         target = Path(tmp) / "int8.onnx"
-        np.save(Path(tmp) / "calib.npy", np.ascontiguousarray(tensors, dtype=np.float32))
-        job = {"source": str(onnx_path), "target": str(target), "data": str(Path(tmp) / "calib.npy"),
-               "method": method, "nodes": list(fp32_nodes),
-               "op_types": [t for t in CPU_OP_TYPES if t not in fp32_op_types]}
+        ranges_path = Path(tmp) / "ranges.json"
+        ranges_path.write_text(json.dumps({name: [float(lo), float(hi)] for name, (lo, hi) in ranges.items()}))
+        job = {"source": str(onnx_path), "target": str(target), "ranges": str(ranges_path), "nodes": nodes,
+               "cache": str(Path(tmp) / "tensors_data.json")}
         code = "import sys; from mgd_rt.calibration.quantize import _ort_quantize_job as j; j(sys.argv[1])"
         done = subprocess.run([sys.executable, "-c", code, json.dumps(job)], capture_output=True, text=True)
         if done.returncode != 0 or not target.is_file():
@@ -253,42 +292,31 @@ def _ort_quantize(
 
 
 def _ort_quantize_job(job_json: str) -> None:
-    """The child side of ``_ort_quantize``: ``quantize_static`` with QDQ, U8 activations, per-channel S8 weights."""
+    """The child side of ``_ort_quantize``: ``quantize_static`` with QDQ, U8 activations, per-channel S8 weights.
+
+    The ranges arrive as ORT's own calibration cache, so quantize_static runs no calibration.
+    """
     import json
     import sys
 
-    from onnxruntime.quantization import (
-        CalibrationDataReader,
-        CalibrationMethod,
-        QuantFormat,
-        QuantType,
-        quantize_static,
-    )
+    from onnxruntime.quantization import CalibrationMethod, QuantFormat, QuantType, quantize_static
+    from onnxruntime.quantization.calibrate import TensorsData, save_tensors_data
 
     job = json.loads(job_json)
     if "modelopt" in sys.modules:
         raise RuntimeError("ModelOpt is loaded: its patches break onnxruntime.quantization")
-    tensors = np.load(job["data"])
-
-    class _Reader(CalibrationDataReader):
-        def __init__(self):
-            self._rows = iter(tensors)
-
-        def get_next(self):
-            row = next(self._rows, None)
-            return None if row is None else {INPUT_NAME: row[None]}
-
+    ranges = json.loads(Path(job["ranges"]).read_text())
+    save_tensors_data(TensorsData(CalibrationMethod.MinMax, {
+        name: (np.float32(lo), np.float32(hi)) for name, (lo, hi) in ranges.items()}), job["cache"])
     quantize_static(
         job["source"],
         job["target"],
-        _Reader(),
+        None,
         quant_format=QuantFormat.QDQ,
-        op_types_to_quantize=job["op_types"],
-        nodes_to_exclude=job["nodes"],
+        nodes_to_quantize=job["nodes"],
         per_channel=True,
         activation_type=QuantType.QUInt8,
         weight_type=QuantType.QInt8,
-        calibrate_method={"entropy": CalibrationMethod.Entropy, "max": CalibrationMethod.MinMax,
-                          "percentile": CalibrationMethod.Percentile}[job["method"]],
-        calibration_providers=["CPUExecutionProvider"],
+        calibrate_method=CalibrationMethod.MinMax,
+        calibration_cache_path=job["cache"],
     )
