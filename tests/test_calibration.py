@@ -76,9 +76,9 @@ def test_qdq_graph(tiny_fp32, tiny_int8):
     """Per-channel INT8 weights and per-tensor activations on Conv/MatMul; the measured defaults stay FP32."""
     assert tiny_int8 == int8_path(tiny_fp32) == tiny_fp32.with_name("tiny.int8.onnx")
     ops = _ops(tiny_int8)
-    # 252-254 measured: ModelOpt leaves a pair out where a tensor's calibrated range is degenerate
+    # 234 measured: ModelOpt leaves a pair out where a tensor's calibrated range is degenerate
     assert ops["QuantizeLinear"] == ops["DequantizeLinear"]
-    assert 240 <= ops["QuantizeLinear"] <= 260
+    assert 225 <= ops["QuantizeLinear"] <= 245
     model = onnx.load(str(tiny_int8))
     onnx.checker.check_model(model, full_check=True)
     producers = {o: n for n in model.graph.node for o in n.output}
@@ -89,7 +89,7 @@ def test_qdq_graph(tiny_fp32, tiny_int8):
             dq = producers.get(node.input[1])
             if dq is not None and dq.op_type == "DequantizeLinear" and dq.input[1] in inits:
                 per_channel += len(inits[dq.input[1]].dims) == 1  # one scale per output channel
-    assert per_channel >= 100  # every quantized weight: 83 MatMul + 21 Conv/ConvTranspose
+    assert per_channel >= 90  # every quantized weight (94 measured): 83 MatMul + the Conv/ConvTranspose below S/8
     # Add and Resize get no Q/DQ of their own (a DQ they read is shared with a quantized MatMul/Conv)
     for node in model.graph.node:
         if node.op_type in DEFAULT_EXCLUDE_OP_TYPES:
@@ -99,9 +99,9 @@ def test_qdq_graph(tiny_fp32, tiny_int8):
                     assert set(readers) - set(DEFAULT_EXCLUDE_OP_TYPES), (node.name, readers)
     fp32 = onnx.load(str(tiny_fp32))
     kept = set(default_excluded_nodes(fp32, 512))
-    assert len(kept) == 19  # the Conv/ConvTranspose with an output side >= 128
+    assert len(kept) == 36  # the Conv/ConvTranspose with an output side >= 64
     assert not kept & set(quantized_nodes(model))
-    assert len(quantized_nodes(model)) == 129
+    assert len(quantized_nodes(model)) == 120
 
 
 def test_metadata(tiny_fp32, tiny_int8, photos):
@@ -111,10 +111,10 @@ def test_metadata(tiny_fp32, tiny_int8, photos):
     assert {k: meta[k] for k in METADATA_KEYS if k != "precision"} == {k: source[k] for k in METADATA_KEYS
                                                                         if k != "precision"}
     assert meta["precision"] == "int8"
-    assert meta["calibration_method"] == "entropy"
+    assert meta["calibration_method"] == "max"
     assert meta["calibration_images"] == "4"
     assert meta["calibration_source"] == str(photos)
-    assert meta["int8_fp32_nodes"] == "19"
+    assert meta["int8_fp32_nodes"] == "36"
     assert meta["calibration_target"] == "tensorrt"
     assert re.fullmatch(r"[0-9a-f]{64}", meta["calibration_images_sha256"])
     # the same seeded sample, prepared again (from the cache): the same list hash
@@ -122,6 +122,33 @@ def test_metadata(tiny_fp32, tiny_int8, photos):
                                cache=calib_data.cache_dir())
     assert again.cached
     assert again.list_sha256 == meta["calibration_images_sha256"]
+
+
+def test_scales_are_the_measured_ranges(tiny_fp32, tiny_int8, photos):
+    """Activation scales = max |x| / 127 over the calibration images (default method max), checked
+    against plain ONNX Runtime runs of the FP32 graph with those tensors as outputs."""
+    import onnxruntime as ort
+    from onnx import numpy_helper
+
+    from mgd_rt.calibration.quantize import quantized_activations
+
+    model = onnx.load(str(tiny_int8))
+    inits = {t.name: numpy_helper.to_array(t) for t in model.graph.initializer}
+    names = quantized_activations(model)
+    scale_of = {n.input[0]: float(inits[n.input[1]]) for n in model.graph.node
+                if n.op_type == "QuantizeLinear" and n.input[0] in names}
+    assert len(names) > 100
+    picked = [names[0], names[len(names) // 2], names[-1]]
+    fp32 = onnx.load(str(tiny_fp32))
+    fp32.graph.output.extend([onnx.helper.make_tensor_value_info(n, onnx.TensorProto.FLOAT, None) for n in picked])
+    session = ort.InferenceSession(fp32.SerializeToString(), providers=["CPUExecutionProvider"])
+    images = calib_data.prepare(photos, 4, 512, (0.485, 0.456, 0.406), (0.229, 0.224, 0.225), seed=0,
+                                cache=calib_data.cache_dir()).tensors
+    absmax = np.zeros(len(picked))
+    for image in images:
+        values = session.run(picked, {INPUT_NAME: image[None]})
+        absmax = np.maximum(absmax, [np.abs(v).max() for v in values])
+    assert [scale_of[n] * 127 for n in picked] == pytest.approx(absmax.tolist(), rel=1e-5)
 
 
 def test_accuracy_within_int8_tolerance(tiny_fp32, tiny_int8, tmp_path):
@@ -152,20 +179,26 @@ def test_cpu_target(tiny_fp32, photos, cache_env, tmp_path):
                      output=tmp_path / "tiny.cpu.onnx")
     model = onnx.load(str(path))
     meta = read_metadata(model)
-    assert (meta["precision"], meta["calibration_target"], meta["int8_fp32_nodes"]) == ("int8", "cpu", "19")
+    assert (meta["precision"], meta["calibration_target"], meta["int8_fp32_nodes"]) == ("int8", "cpu", "36")
     readers = collections.defaultdict(list)
     for node in model.graph.node:
         for name in node.input:
             readers[name].append(node.op_type)
     convs = [n for n in model.graph.node if n.op_type in ("Conv", "ConvTranspose")]
     quantized_out = [n for n in convs if "QuantizeLinear" in readers[n.output[0]]]
-    assert len(quantized_out) >= 30  # measured 39 (tensorrt target: 1)
+    assert len(quantized_out) >= 20  # measured 24 (tensorrt target: 1)
     assert not {n.name for n in quantized_out} & set(default_excluded_nodes(onnx.load(str(tiny_fp32)), 512))
     options = ort.SessionOptions()
     options.optimized_model_filepath = str(tmp_path / "optimized.onnx")
     ort.InferenceSession(str(path), options, providers=["CPUExecutionProvider"])
     fused = collections.Counter(n.op_type for n in onnx.load(str(tmp_path / "optimized.onnx")).graph.node)
-    assert fused["QLinearConv"] >= 30 and fused["QLinearMatMul"] >= 100  # measured 39 and 133
+    # integer kernels: convolutions as QLinearConv, MatMuls with a weight as MatMulIntegerToFloat
+    # (float output: no DequantizeLinear before the bias Add); attention MatMuls stay float
+    assert fused["QLinearConv"] >= 20 and fused["MatMulIntegerToFloat"] >= 80  # measured 23 and 97
+    assert fused["QLinearMatMul"] == fused["QLinearSoftmax"] == 0
+    attention = [n for n in model.graph.node if n.op_type == "MatMul" and n.input[1] not in
+                 {t.name for t in model.graph.initializer} and not n.input[1].endswith("DequantizeLinear_Output")]
+    assert attention  # the activation x activation MatMuls, read straight from float tensors
     worst = accuracy_report(tiny_fp32, path, num_images=4).worst
     # the tiny tensorrt test's bounds (measured here: MAE 2.5e-4, top-10% IoU 0.974 with entropy, 8 photos)
     assert worst["sigmoid_mae"] <= TOLERANCES["int8"].sigmoid_mae / 10
@@ -236,7 +269,7 @@ def test_cli_flags_match_script_and_errors(tiny_fp32, tmp_path, capsys):
     sub = build_parser()._subparsers._group_actions[0].choices["calibrate"]
     assert sorted(a.dest for a in script._actions) == sorted(a.dest for a in sub._actions)
     args = sub.parse_args(["m.onnx"])
-    assert (args.num_images, args.method, args.exclude, args.output, args.target) == (64, "entropy", [], None,
+    assert (args.num_images, args.method, args.exclude, args.output, args.target) == (64, "max", [], None,
                                                                                       "tensorrt")
     assert main(["calibrate", str(tiny_fp32), "--exclude", "nope", "-o", str(tmp_path / "x.onnx")]) == 1
     assert "--exclude 'nope' matches no node" in capsys.readouterr().err
@@ -252,8 +285,8 @@ def test_sensitivity_sweep(tiny_fp32, tiny_int8):
     held = calib_data.skimage_set(calib_data.SKIMAGE_HOLDOUT, 512, (0.485, 0.456, 0.406),
                                   (0.229, 0.224, 0.225), limit=1)
     report = sweep(tiny_fp32, tiny_int8, held.tensors, group_size=40)
-    assert len(report.rows) == 4  # 129 quantized nodes in groups of 40
-    assert sum(len(r.nodes) for r in report.rows) == 129
+    assert len(report.rows) == 3  # 120 quantized nodes in groups of 40
+    assert sum(len(r.nodes) for r in report.rows) == 120
     assert report.baseline.sigmoid_mae > 0
     # restoring the first block (the image encoder's start) measurably helps
     assert min(r.comparison.sigmoid_mae for r in report.rows) < report.baseline.sigmoid_mae
@@ -286,19 +319,18 @@ def test_tensorrt_rtx_parse_and_build(tiny_int8):
 
 
 @pytest.mark.slow
-def test_bplus_512(tmp_path):
-    """Seeded B+ (at S=512: calibrating at 1024 needs > 17 GB, README): INT8 within TOLERANCES['int8']
-    on held-out photos, faster than FP32 in ONNX Runtime, and TensorRT-RTX builds it."""
+def test_bplus_1024(tmp_path):
+    """Seeded B+ at S=1024, both placements: INT8 within TOLERANCES['int8'] on held-out photos, and
+    TensorRT-RTX builds the tensorrt one. (Speed is measured by the report and the benchmarks.)"""
     from mgd_rt.export import export_onnx
 
-    fp32 = export_onnx(None, variant="b+", image_size=512, output=tmp_path / "bplus.onnx", verify_graph=False).path
-    int8 = calibrate(fp32, num_images=8)
-    report = accuracy_report(fp32, int8, num_images=6, timing_runs=2)
-    worst = report.worst
-    # measured (README): MAE 1.3e-3, IoU@0.5 0.995, max|d|/std 0.066, 1.33x; the top-10% IoU
-    # (0.875..0.985) misses the issue's 0.97 target on 4 of 6 photos: not asserted until it is met
-    assert worst["sigmoid_mae"] <= TOLERANCES["int8"].sigmoid_mae
-    assert worst["iou_05"] > 0.99
-    assert worst["max_rel_std"] < 0.15
-    assert report.speedup > 1.2
-    assert _rtx_build(int8) > 0
+    fp32 = export_onnx(None, variant="b+", image_size=1024, output=tmp_path / "bplus.onnx", verify_graph=False).path
+    for target in ("tensorrt", "cpu"):
+        int8 = calibrate(fp32, target=target, output=tmp_path / f"bplus.{target}.onnx")
+        worst = accuracy_report(fp32, int8, num_images=6).worst
+        # measured (README): MAE <= 3e-4, IoU@0.5 >= 0.9989, max|d|/std <= 0.016
+        assert worst["sigmoid_mae"] <= TOLERANCES["int8"].sigmoid_mae / 10
+        assert worst["iou_05"] > 0.995
+        assert worst["max_rel_std"] < 0.05
+        assert worst["iou_top10"] >= TOLERANCES["int8"].iou_top10
+    assert _rtx_build(tmp_path / "bplus.tensorrt.onnx") > 0

@@ -84,7 +84,7 @@ def calibrate(
     onnx_path: str | Path,
     images: str | Path | list[str | Path] | None = None,
     num_images: int = 64,
-    method: str = "entropy",
+    method: str = "max",
     exclude: tuple[str, ...] | list[str] = (),
     output: str | Path | None = None,
     seed: int = 0,
