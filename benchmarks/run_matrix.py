@@ -30,7 +30,7 @@ from pathlib import Path
 HERE = Path(__file__).resolve().parent
 sys.path.insert(0, str(HERE.parent))  # the repository, so an uninstalled checkout runs too
 
-from mgd_rt.bench import bench, load_photos  # noqa: E402
+from mgd_rt.bench import bench  # noqa: E402
 from mgd_rt.errors import MgdRtError  # noqa: E402
 from mgd_rt.runtime.backends import BACKENDS  # noqa: E402
 
@@ -91,7 +91,7 @@ def _call(fn, *args, **kwargs):
     return fn(*args, **{k: v for k, v in kwargs.items() if k in params})
 
 
-def _int8(fp32: Path, workdir: Path, args: argparse.Namespace, unavailable: list[dict]) -> Path | None:
+def _int8(fp32: Path, args: argparse.Namespace, unavailable: list[dict]) -> Path | None:
     """The INT8 Q/DQ graph from mgd_rt.calibration.calibrate (another stage): given, cached, or made on request."""
     name = "onnxruntime int8"
     out = Path(args.int8) if args.int8 else fp32.with_name(fp32.stem + ".int8.onnx")
@@ -112,15 +112,9 @@ def _int8(fp32: Path, workdir: Path, args: argparse.Namespace, unavailable: list
         unavailable.append({"name": name, "reason": f"no INT8 graph at {out} and --no-calibrate: make it with "
                             "`mgd-rt calibrate` or pass --int8 PATH"})
         return None
-    from PIL import Image
-
-    calib = workdir / "calibration_photos"
-    calib.mkdir(parents=True, exist_ok=True)
-    for i, (_, img) in enumerate(load_photos(None, args.calibration_photos)):
-        Image.fromarray(img).save(calib / f"{i:03d}.png")
     t0 = time.perf_counter()
-    try:
-        path = Path(_call(calibrate, fp32, images=calib, num_images=args.calibration_photos, output=out))
+    try:  # scikit-image's calibration photos (mgd_rt.calibration's default set, none of them held out)
+        path = Path(_call(calibrate, fp32, num_images=args.calibration_photos, output=out))
     except Exception as exc:  # recorded: the other rows still run
         unavailable.append({"name": name, "reason": f"calibrate failed: {type(exc).__name__}: {exc}"})
         return None
@@ -172,7 +166,8 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--warmup", type=int, default=None, help="default: 1 on the CPU, 10 on CUDA (+ until stable)")
     parser.add_argument("--iters", type=int, default=None, help="timed calls (default: 3 on the CPU, 50 on CUDA)")
     parser.add_argument("--ort-fp16", action="store_true", help="also run the FP16 graph on ONNX Runtime's CPU")
-    parser.add_argument("--calibration-photos", type=int, default=12, help="images for INT8 calibration")
+    parser.add_argument("--calibration-photos", type=int, default=12,
+                        help="scikit-image photos for INT8 calibration (at most 12)")
     parser.add_argument("--no-calibrate", dest="calibrate", action="store_false",
                         help="do not make a missing INT8 graph with mgd_rt.calibration (B+ at 1024: ~3 min on 2 cores)")
     parser.add_argument("--int8", default=None, metavar="ONNX",
@@ -221,7 +216,7 @@ def main(argv: list[str] | None = None) -> int:
             elif run_ort:
                 unavailable.append({"name": "onnxruntime fp16", "reason": "not meaningful on ONNX Runtime's CPU "
                                     f"provider ({ort_why}): FP16 runs through casts there; --ort-fp16 runs it"})
-            int8 = _int8(fp32, workdir, args, unavailable)
+            int8 = _int8(fp32, args, unavailable)
             if int8 is not None:
                 graphs["int8"] = int8
     if run_ort:
