@@ -209,6 +209,8 @@ def _modelopt_quantize(
             nodes_to_exclude=[f"{re.escape(name)}$" for name in fp32_nodes] or None,
             op_types_to_exclude=list(fp32_op_types) or None,
             high_precision_dtype="fp32",
+            # weights stored as INT8 behind a DequantizeLinear: a quarter of the file (B+: 319 -> ~82 MB)
+            dq_only=True,
             output_path=str(target),
             log_level="WARNING",
         )

@@ -69,16 +69,19 @@ def quantized_nodes(model) -> list[str]:
     return names
 
 
-def restore_fp32(model, names: set[str]):
+def restore_fp32(model, names: set[str], fp32_model=None):
     """A copy of the Q/DQ ``model`` where nodes ``names`` read the FP32 tensors their Q/DQ pairs wrap.
 
-    Weights stored as int8 behind a lone DequantizeLinear stay as they are (ModelOpt writes
-    Q -> DQ on weights too, so this only happens with ``dq_only``).
+    Weights stored as INT8 behind a lone DequantizeLinear are replaced by the FP32 weights the
+    node of the same name reads in ``fp32_model`` (left INT8 when it is not given).
     """
     import onnx
 
     out = onnx.ModelProto.FromString(model.SerializeToString())
     producers = {o: n for n in out.graph.node for o in n.output}
+    weights = {t.name for t in out.graph.initializer}
+    originals = {n.name: n for n in fp32_model.graph.node} if fp32_model is not None else {}
+    fp32_weights = {t.name: t for t in fp32_model.graph.initializer} if fp32_model is not None else {}
     for node in out.graph.node:
         if node.name not in names:
             continue
@@ -89,6 +92,19 @@ def restore_fp32(model, names: set[str]):
             q = producers.get(dq.input[0])
             if q is not None and q.op_type == "QuantizeLinear":
                 node.input[k] = q.input[0]  # the float tensor before Q -> DQ
+            elif dq.input[0] in weights and originals.get(node.name) is not None:
+                original = originals[node.name].input[k]
+                if original not in fp32_weights:
+                    continue
+                # ModelOpt keeps the weight's name for its INT8 copy: the FP32 one gets a new name
+                name = f"{original}__fp32"
+                if name not in weights:
+                    weight = onnx.TensorProto()
+                    weight.CopyFrom(fp32_weights[original])
+                    weight.name = name
+                    out.graph.initializer.append(weight)
+                    weights.add(name)
+                node.input[k] = name
     return out
 
 
@@ -115,14 +131,15 @@ def sweep(
     """
     import onnx
 
+    fp32_model = onnx.load(str(fp32_path))
     if reference is None:
-        reference = _run(onnx.load(str(fp32_path)), inputs)
+        reference = _run(fp32_model, inputs)
     model = onnx.load(str(int8_path))
     nodes = quantized_nodes(model)
     report = SweepReport(compare_logits(reference, _run(model, inputs), "int8", name="all int8"))
     for first in range(0, len(nodes), group_size):
         group = nodes[first : first + group_size]
-        candidate = _run(restore_fp32(model, set(group)), inputs)
+        candidate = _run(restore_fp32(model, set(group), fp32_model), inputs)
         comparison = compare_logits(reference, candidate, "int8", name=f"fp32 {first}..{first + len(group) - 1}")
         log.info("  %s", comparison.row())
         report.rows.append(SweepRow(first, group, comparison))
