@@ -17,15 +17,20 @@ from mgd_rt.calibration.exclusions import DEFAULT_EXCLUDE_OP_TYPES, default_excl
 from mgd_rt.calibration.ranges import METHODS, collect_ranges
 from mgd_rt.contract import IMAGENET_MEAN, IMAGENET_STD, INPUT_NAME
 from mgd_rt.errors import MgdRtError
+from mgd_rt.runtime.backends.base import metadata_floats
 
 log = logging.getLogger("mgd_rt")
 
 # tensorrt: ModelOpt's Q/DQ placement (Q/DQ on compute inputs; TensorRT fuses and picks output
-# precision); cpu: ONNX Runtime's quantize_static QDQ placement (Q/DQ on compute outputs too, int32
-# bias), which ORT's CPU optimizer fuses into QLinearConv / QLinearMatMul
+# precision); cpu: ONNX Runtime's quantize_static QDQ placement (Q/DQ on convolution outputs too,
+# int32 bias), which ORT's CPU optimizer fuses into QLinearConv / MatMulIntegerToFloat
 TARGETS = ("tensorrt", "cpu")
 # op types quantized for the cpu target (ORT's quantizer; Add / Resize stay FP32 as for tensorrt)
 CPU_OP_TYPES: tuple[str, ...] = ("Conv", "ConvTranspose", "MatMul", "Gemm")
+# of those, the ones whose output stays float: a MatMul with a float output fuses into
+# MatMulIntegerToFloat; a quantized one became QLinearMatMul plus a DequantizeLinear before its
+# float bias Add (B+ 1024: 909 + 496 ms against MatMulIntegerToFloat's 857 ms for the same products)
+CPU_FLOAT_OUTPUT_OP_TYPES: tuple[str, ...] = ("MatMul", "Gemm")
 # ops that mean a graph is already quantized
 QUANTIZED_OPS = {"QuantizeLinear", "DequantizeLinear", "QLinearConv", "QLinearMatMul", "MatMulInteger",
                  "ConvInteger", "DynamicQuantizeLinear"}
@@ -44,10 +49,6 @@ def int8_path(path: str | Path) -> Path:
     """model.onnx -> model.int8.onnx, next to it."""
     path = Path(path)
     return path.with_name(f"{path.stem}.int8{path.suffix}")
-
-
-def _float_list(text: str | None, default: tuple[float, ...]) -> tuple[float, ...]:
-    return tuple(float(v) for v in text.split(",")) if text else default
 
 
 def load_fp32_graph(onnx_path: Path):
@@ -103,7 +104,7 @@ def calibrate(
     defaults (``exclusions.py``) unless ``default_exclusions`` is False. Ranges are measured by
     ``ranges.collect_ranges`` (memory bounded by one forward pass) for both targets. ``target``:
     ``tensorrt`` (ModelOpt's TensorRT placement, symmetric INT8 activations) or ``cpu`` (ONNX
-    Runtime's own QDQ quantizer: Q/DQ on Conv/MatMul outputs too, so ORT's CPU optimizer fuses
+    Runtime's own QDQ quantizer: Q/DQ on convolution outputs too, so ORT's CPU optimizer fuses
     them into integer kernels; same exclusions plus the activation x activation MatMuls, U8
     activations, per-channel S8 weights). Returns the path written (default
     ``<name>.int8.onnx``); the input is never modified.
@@ -128,8 +129,8 @@ def calibrate(
     if not output.parent.is_dir() or not os.access(output.parent, os.W_OK):
         raise MgdRtError(f"{output}: output folder {output.parent} does not exist or is not writable")
     size = int(meta.get("image_size") or model.graph.input[0].type.tensor_type.shape.dim[-1].dim_value)
-    mean = _float_list(meta.get("mean"), IMAGENET_MEAN)
-    std = _float_list(meta.get("std"), IMAGENET_STD)
+    mean = metadata_floats(meta.get("mean"), IMAGENET_MEAN)
+    std = metadata_floats(meta.get("std"), IMAGENET_STD)
 
     fp32_nodes = default_excluded_nodes(model, size) if default_exclusions else []
     fp32_nodes += [n for n in match_patterns(model, list(exclude)) if n not in fp32_nodes]
@@ -144,14 +145,13 @@ def calibrate(
         image_set = calib_data.skimage_set(calib_data.SKIMAGE_CALIBRATION, size, mean, std, count)
     else:
         image_set = calib_data.prepare(images, num_images, size, mean, std, seed, cache=cache_dir)
-    log.info("calibrating on %d images (%s), method %s, %d nodes kept FP32 + op types %s",
-             len(image_set.names), image_set.source, method, len(fp32_nodes), ",".join(DEFAULT_EXCLUDE_OP_TYPES))
     fp32_op_types = DEFAULT_EXCLUDE_OP_TYPES if default_exclusions else ()
+    log.info("calibrating on %d images (%s), method %s, %d nodes kept FP32 + op types %s",
+             len(image_set.names), image_set.source, method, len(fp32_nodes), ",".join(fp32_op_types) or "none")
     if target == "cpu":
-        names = cpu_calibrated_tensors(model, fp32_nodes, fp32_op_types)
-        ranges = collect_ranges(model, names, image_set.tensors, method)
-        quantized = _ort_quantize(onnx_path, ranges, cpu_quantized_nodes(model, fp32_nodes, fp32_op_types),
-                                  output.parent)
+        nodes = cpu_quantized_nodes(model, fp32_nodes, fp32_op_types)
+        ranges = collect_ranges(model, cpu_calibrated_tensors(model, nodes), image_set.tensors, method)
+        quantized = _ort_quantize(onnx_path, ranges, nodes, output.parent)
     else:
         # ModelOpt decides the placement (its calibration on one image is replaced below)
         quantized = _modelopt_quantize(onnx_path, image_set.tensors[:1], fp32_nodes, fp32_op_types, output.parent)
@@ -183,7 +183,7 @@ def _modelopt_quantize(
 ):
     """ModelOpt INT8 PTQ (max ranges on ``tensors`` (N, 3, S, S)) of a private copy of ``onnx_path``.
 
-    Its max calibrator reduces each tensor inside the graph (B+ at 1024, one image: 14 GB peak);
+    Its max calibrator reduces each tensor inside the graph (B+ at 1024, one image: 13-14 GB peak);
     its entropy mode keeps every activation as an output, hence ranges come from collect_ranges.
     """
     import onnx
@@ -209,7 +209,7 @@ def _modelopt_quantize(
             nodes_to_exclude=[f"{re.escape(name)}$" for name in fp32_nodes] or None,
             op_types_to_exclude=list(fp32_op_types) or None,
             high_precision_dtype="fp32",
-            # weights stored as INT8 behind a DequantizeLinear: a quarter of the file (B+: 319 -> ~82 MB)
+            # weights stored as INT8 behind a DequantizeLinear (B+ at 1024: 319 -> 106 MB)
             dq_only=True,
             output_path=str(target),
             log_level="WARNING",
@@ -259,12 +259,14 @@ def cpu_quantized_nodes(model, fp32_nodes: list[str], fp32_op_types: tuple[str, 
             and not (n.op_type == "MatMul" and n.input[1] not in weights)]
 
 
-def cpu_calibrated_tensors(model, fp32_nodes: list[str], fp32_op_types: tuple[str, ...]) -> list[str]:
-    """Float activations into and out of the cpu target's quantized nodes (what ORT's QDQ quantizer reads)."""
+def cpu_calibrated_tensors(model, nodes: list[str]) -> list[str]:
+    """The ranges ORT's QDQ quantizer reads for ``nodes``: their float inputs, and the outputs it quantizes."""
     weights = {t.name for t in model.graph.initializer}
-    chosen = set(cpu_quantized_nodes(model, fp32_nodes, fp32_op_types))
-    return list(dict.fromkeys(t for n in model.graph.node if n.name in chosen
-                              for t in list(n.input) + list(n.output) if t and t not in weights))
+    chosen = set(nodes)
+    return list(dict.fromkeys(
+        t for n in model.graph.node if n.name in chosen
+        for t in list(n.input) + ([] if n.op_type in CPU_FLOAT_OUTPUT_OP_TYPES else list(n.output))
+        if t and t not in weights))
 
 
 def _ort_quantize(onnx_path: Path, ranges: dict[str, tuple[float, float]], nodes: list[str], workdir: Path):
@@ -279,13 +281,14 @@ def _ort_quantize(onnx_path: Path, ranges: dict[str, tuple[float, float]], nodes
     import sys
 
     import onnx
+    from onnxruntime.quantization.calibrate import CalibrationMethod, TensorsData, save_tensors_data
 
     with tempfile.TemporaryDirectory(prefix=".calibrate-", dir=workdir) as tmp:
         target = Path(tmp) / "int8.onnx"
-        ranges_path = Path(tmp) / "ranges.json"
-        ranges_path.write_text(json.dumps({name: [float(lo), float(hi)] for name, (lo, hi) in ranges.items()}))
-        job = {"source": str(onnx_path), "target": str(target), "ranges": str(ranges_path), "nodes": nodes,
-               "cache": str(Path(tmp) / "tensors_data.json")}
+        cache = Path(tmp) / "tensors_data.json"
+        save_tensors_data(TensorsData(CalibrationMethod.MinMax, {
+            name: (np.float32(lo), np.float32(hi)) for name, (lo, hi) in ranges.items()}), cache)
+        job = {"source": str(onnx_path), "target": str(target), "nodes": nodes, "cache": str(cache)}
         code = "import sys; from mgd_rt.calibration.quantize import _ort_quantize_job as j; j(sys.argv[1])"
         done = subprocess.run([sys.executable, "-c", code, json.dumps(job)], capture_output=True, text=True)
         if done.returncode != 0 or not target.is_file():
@@ -302,14 +305,10 @@ def _ort_quantize_job(job_json: str) -> None:
     import sys
 
     from onnxruntime.quantization import CalibrationMethod, QuantFormat, QuantType, quantize_static
-    from onnxruntime.quantization.calibrate import TensorsData, save_tensors_data
 
     job = json.loads(job_json)
     if "modelopt" in sys.modules:
         raise RuntimeError("ModelOpt is loaded: its patches break onnxruntime.quantization")
-    ranges = json.loads(Path(job["ranges"]).read_text())
-    save_tensors_data(TensorsData(CalibrationMethod.MinMax, {
-        name: (np.float32(lo), np.float32(hi)) for name, (lo, hi) in ranges.items()}), job["cache"])
     quantize_static(
         job["source"],
         job["target"],
@@ -321,8 +320,5 @@ def _ort_quantize_job(job_json: str) -> None:
         weight_type=QuantType.QInt8,
         calibrate_method=CalibrationMethod.MinMax,
         calibration_cache_path=job["cache"],
-        # a MatMul with a float output fuses into MatMulIntegerToFloat; a quantized one became
-        # QLinearMatMul plus a DequantizeLinear before its float bias Add (B+ 1024: 909 + 496 ms
-        # against MatMulIntegerToFloat's 857 ms for the same products)
-        extra_options={"OpTypesToExcludeOutputQuantization": ["MatMul", "Gemm"]},
+        extra_options={"OpTypesToExcludeOutputQuantization": list(CPU_FLOAT_OUTPUT_OP_TYPES)},
     )

@@ -37,8 +37,6 @@ PERCENTILE = 99.99
 QUANTIZED_LEVELS = 128
 # entropy candidates: every ENTROPY_STRIDE-th bin edge from QUANTIZED_LEVELS to HISTOGRAM_BINS
 ENTROPY_STRIDE = 16
-# last-axis stride for a tensor whose shape shape inference could not tell
-SAMPLE_STEP_UNKNOWN_SHAPE = 31
 
 
 @dataclass
@@ -131,7 +129,7 @@ def _sample_steps(shape: list[int] | tuple[int, ...], axes: int) -> np.ndarray:
     Prime, so that a stride never lines up with a channel count and samples one channel only.
     """
     ratio = int(np.prod(shape)) / SAMPLE_SIZE
-    if ratio <= 1 or axes == 0:
+    if ratio <= 1:
         return np.ones(axes, np.int64)
     step = _prime_at_least(int(np.ceil(ratio ** (1 / axes))))
     return np.array([min(step, dim) for dim in shape[-axes:]], np.int64)
@@ -201,7 +199,6 @@ def collect_ranges(
     names: list[str],
     tensors: Iterable[np.ndarray] | np.ndarray,
     method: str,
-    threads: int | None = None,
 ) -> dict[str, tuple[float, float]]:
     """Clipped (low, high) of each tensor in ``names`` over ``tensors`` (each (3, S, S) float32).
 
@@ -216,8 +213,6 @@ def collect_ranges(
     augmented, sampled_axes = statistics_graph(model, names, sample)
     options = ort.SessionOptions()
     options.execution_order = ort.ExecutionOrder.PRIORITY_BASED
-    if threads:
-        options.intra_op_num_threads = threads
     session = ort.InferenceSession(augmented.SerializeToString(), options, providers=["CPUExecutionProvider"])
     del augmented
     # the first run samples one element per tensor and reads the shapes the real strides need

@@ -127,8 +127,8 @@ def accuracy_report(
     """
     import onnx
 
-    from mgd_rt.calibration.quantize import _float_list
     from mgd_rt.export.graph import read_metadata
+    from mgd_rt.runtime.backends.base import metadata_floats
 
     for path in (fp32_path, int8_path):
         if not Path(path).is_file():
@@ -137,7 +137,7 @@ def accuracy_report(
     if meta.get("precision") != "int8":
         raise MgdRtError(f"{int8_path}: metadata precision is {meta.get('precision')!r}, not int8")
     size = int(meta["image_size"])
-    mean, std = _float_list(meta.get("mean"), IMAGENET_MEAN), _float_list(meta.get("std"), IMAGENET_STD)
+    mean, std = metadata_floats(meta.get("mean"), IMAGENET_MEAN), metadata_floats(meta.get("std"), IMAGENET_STD)
     if images is None:
         held = calib_data.skimage_set(calib_data.SKIMAGE_HOLDOUT, size, mean, std, num_images)
     else:
