@@ -66,7 +66,8 @@ def _ort_gpu() -> tuple[bool, str]:
 def _export(args: argparse.Namespace, workdir: Path, fp16: bool, unavailable: list[dict]) -> Path | None:
     """The FP32 master graph (and FP16 beside it), exported once into ``workdir`` and reused."""
     try:
-        from mgd_rt.export import export_onnx, fp16_path
+        from mgd_rt.artifacts import fp16_path
+        from mgd_rt.export import export_onnx
     except ImportError as exc:
         unavailable.append({"name": "onnxruntime (all)", "reason": f"export needs the export extra ({exc})"})
         return None
@@ -123,7 +124,7 @@ def _int8(fp32: Path, args: argparse.Namespace, unavailable: list[dict]) -> Path
 
 
 def _tensorrt(graphs: dict[str, Path], device: str, workdir: Path, unavailable: list[dict]) -> list[Path]:
-    """TensorRT FP16/INT8 engines built with mgd_rt.build, where the backend table has TensorRT and a GPU is here."""
+    """TensorRT FP16/INT8 engines built with mgd_rt.engine, where the backend table has TensorRT and a GPU is here."""
     engines: list[Path] = []
     common = None
     if "tensorrt" not in BACKENDS:
@@ -134,9 +135,9 @@ def _tensorrt(graphs: dict[str, Path], device: str, workdir: Path, unavailable: 
         common = "the tensorrt Python package is not installed here (datacenter TensorRT; TensorRT-RTX has no Hopper)"
     else:
         try:
-            from mgd_rt.build import build_engine
+            from mgd_rt.engine import build_engine
         except ImportError as exc:
-            common = f"mgd_rt.build cannot be imported ({exc})"
+            common = f"mgd_rt.engine cannot be imported ({exc})"
     for precision in ("fp16", "int8"):
         name = f"tensorrt {precision}"
         if common is not None:
@@ -210,7 +211,7 @@ def main(argv: list[str] | None = None) -> int:
         if fp32 is not None:
             graphs["fp32"] = fp32
             if want_fp16:
-                from mgd_rt.export import fp16_path
+                from mgd_rt.artifacts import fp16_path
 
                 graphs["fp16"] = fp16_path(fp32)
             elif run_ort:

@@ -7,7 +7,7 @@ from __future__ import annotations
 
 from typing import TYPE_CHECKING, Any
 
-__version__ = "0.1.0"
+from mgd_rt.version import __version__
 
 if TYPE_CHECKING:
     from mgd_rt.checkpoint import load_model
@@ -23,7 +23,10 @@ def __getattr__(name: str) -> Any:
 
         return load_model
     if name == "Segmenter":  # the light runtime: no torch unless a checkpoint is given
+        from mgd_rt.engine import enable_engine_cache
         from mgd_rt.runtime import Segmenter
+
+        enable_engine_cache()  # Segmenter("model.onnx", backend="tensorrt") builds once, then reuses
 
         return Segmenter
     if name == "evaluate":  # DIS metrics (the eval extra); light like Segmenter

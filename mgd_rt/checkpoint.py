@@ -7,7 +7,6 @@ the authors create but never run are loaded too, and reported), or it is an erro
 
 from __future__ import annotations
 
-import hashlib
 import logging
 import pickle
 import re
@@ -17,7 +16,7 @@ from pathlib import Path
 import torch
 from torch import nn
 
-from mgd_rt.errors import MgdRtError
+from mgd_rt.errors import MgdRtError, first_line
 from mgd_rt.model.variants import VARIANTS
 
 log = logging.getLogger("mgd_rt")
@@ -30,14 +29,6 @@ _SAM2_RENAMES = {
     "sam_prompt_encoder.no_mask_embed.weight": "no_mask_embed.weight",
 }
 _MAX_LISTED = 12
-
-
-def file_sha256(path: str | Path) -> str:
-    digest = hashlib.sha256()
-    with open(path, "rb") as f:
-        for chunk in iter(lambda: f.read(1 << 20), b""):
-            digest.update(chunk)
-    return digest.hexdigest()
 
 
 def _describe(names: list[str], shapes: dict[str, tuple]) -> str:
@@ -69,11 +60,11 @@ def read_state_dict(path: str | Path) -> dict[str, torch.Tensor]:
                     f"{path}: this pickle needs code to load, which mgd-rt refuses "
                     "(weights_only=True); save the state dict alone or as .safetensors"
                 ) from None
-            raise MgdRtError(f"{path}: not a PyTorch checkpoint ({str(exc).splitlines()[0]})") from None
+            raise MgdRtError(f"{path}: not a PyTorch checkpoint ({first_line(exc)})") from None
         except Exception as exc:  # any failure to parse a user's file is that file's problem
             raise MgdRtError(
                 f"{path}: unreadable checkpoint, truncated or not a PyTorch file "
-                f"({(str(exc).splitlines() or [type(exc).__name__])[0]})"
+                f"({first_line(exc)})"
             ) from None
     for key in _WRAPPER_KEYS:
         if isinstance(obj, dict) and isinstance(obj.get(key), dict):

@@ -316,7 +316,7 @@ class EvalReport:
 
 def environment() -> dict[str, Any]:
     """What produced the numbers: versions, platform, CPU count (torch only if already imported)."""
-    from mgd_rt import __version__
+    from mgd_rt.version import __version__
 
     env: dict[str, Any] = {"mgd_rt": __version__, "python": sys.version.split()[0], "platform": platform.platform(),
                            "machine": platform.machine(), "cpu_count": os.cpu_count(), "numpy": np.__version__}

@@ -15,17 +15,10 @@ import onnx
 import pytest
 from onnx import TensorProto, helper
 
-from mgd_rt.build import (
-    SIDECAR_KEYS,
-    GpuInfo,
-    build_engine,
-    cache_dir,
-    cached_engine,
-    read_sidecar,
-    sidecar_path,
-)
-from mgd_rt.build.sidecar import file_sha256
+from mgd_rt.artifacts import SIDECAR_KEYS, file_sha256, read_sidecar, sidecar_path
+from mgd_rt.engine import build_engine, cache_dir, cached_engine
 from mgd_rt.errors import MgdRtError
+from mgd_rt.runtime.tensorrt_library import GpuInfo
 
 needs_rtx = pytest.mark.skipif(
     __import__("importlib").util.find_spec("tensorrt_rtx") is None,

@@ -16,13 +16,15 @@ import numpy as np
 import onnx
 import pytest
 
-from mgd_rt.contract import INPUT_NAME, METADATA_KEYS
+from mgd_rt.artifacts import METADATA_KEYS, int8_path
+from mgd_rt.contract import INPUT_NAME
 from mgd_rt.errors import MgdRtError
 from mgd_rt.numerics import TOLERANCES
+from mgd_rt.runtime.samples import CALIBRATION_PHOTOS, HOLDOUT_PHOTOS
 
 pytest.importorskip("modelopt.onnx.quantization", reason="nvidia-modelopt not installed (pip install -e '.[int8]')")
 
-from mgd_rt.calibration import DEFAULT_EXCLUDE_OP_TYPES, accuracy_report, calibrate, int8_path  # noqa: E402
+from mgd_rt.calibration import DEFAULT_EXCLUDE_OP_TYPES, accuracy_report, calibrate  # noqa: E402
 from mgd_rt.calibration import data as calib_data  # noqa: E402
 from mgd_rt.calibration.exclusions import default_excluded_nodes  # noqa: E402
 from mgd_rt.calibration.sensitivity import quantized_nodes, sweep  # noqa: E402
@@ -159,8 +161,8 @@ def test_scales_are_the_measured_ranges(tiny_fp32, tiny_int8, photos):
 def test_accuracy_within_int8_tolerance(tiny_fp32, tiny_int8, tmp_path):
     """Held-out scikit-image photos (never calibration ones), ORT CPU, one image at a time."""
     report = accuracy_report(tiny_fp32, tiny_int8, num_images=4)
-    assert report.images == [f"skimage:{n}" for n in calib_data.SKIMAGE_HOLDOUT[:4]]
-    assert not set(report.images) & {f"skimage:{n}" for n in calib_data.SKIMAGE_CALIBRATION}
+    assert report.images == [f"skimage:{n}" for n in HOLDOUT_PHOTOS[:4]]
+    assert not set(report.images) & {f"skimage:{n}" for n in CALIBRATION_PHOTOS}
     worst = report.worst
     # measured: sigmoid MAE 1.4e-4 (70x inside TOLERANCES['int8']), max|d|/std 0.018, IoU@0.5 0.9956,
     # top-10% IoU 0.984 (worst of 4 held-out photos)
@@ -287,7 +289,7 @@ def test_cli_flags_match_script_and_errors(tiny_fp32, tmp_path, capsys):
 
 def test_sensitivity_sweep(tiny_fp32, tiny_int8):
     """Per-block sweep: one row per group of quantized nodes, FP32 restored -> closer to FP32."""
-    held = calib_data.skimage_set(calib_data.SKIMAGE_HOLDOUT, 512, (0.485, 0.456, 0.406),
+    held = calib_data.skimage_set(HOLDOUT_PHOTOS, 512, (0.485, 0.456, 0.406),
                                   (0.229, 0.224, 0.225), limit=1)
     report = sweep(tiny_fp32, tiny_int8, held.tensors, group_size=40)
     assert len(report.rows) == 3  # 120 quantized nodes in groups of 40

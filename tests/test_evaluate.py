@@ -154,8 +154,9 @@ def test_cli_scores_a_checkpoint_and_fails_when_nothing_pairs(dis_root, tmp_path
 
 def test_every_precision_is_scored_through_its_artifact(dis_root, tiny, tmp_path_factory):
     """End to end on the tiny fixture: PyTorch, then its FP32, FP16 and INT8 graphs (S=256)."""
+    from mgd_rt.artifacts import fp16_path
     from mgd_rt.calibration import calibrate
-    from mgd_rt.export import export_onnx, fp16_path
+    from mgd_rt.export import export_onnx
     from mgd_rt.runtime import Segmenter
 
     work = tmp_path_factory.mktemp("artifacts")

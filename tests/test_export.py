@@ -13,9 +13,10 @@ import onnx
 import pytest
 import torch
 
-from mgd_rt.contract import INPUT_NAME, METADATA_KEYS, OUTPUT_NAME
+from mgd_rt.artifacts import METADATA_KEYS, fp16_path
+from mgd_rt.contract import INPUT_NAME, OUTPUT_NAME
 from mgd_rt.errors import MgdRtError
-from mgd_rt.export import MAX_NODES, export_onnx, fp16_path, verify
+from mgd_rt.export import MAX_NODES, export_onnx, verify
 from mgd_rt.export.forms import export_form
 from mgd_rt.export.graph import graph_report, read_metadata
 from mgd_rt.model import use_conv2d_pairs
@@ -81,7 +82,7 @@ def test_graph_hygiene_and_io(tiny_export):
 
 def test_metadata(tiny_export):
     from mgd_rt import __version__
-    from mgd_rt.checkpoint import file_sha256
+    from mgd_rt.artifacts import file_sha256
 
     for path, precision in ((tiny_export.path, "fp32"), (tiny_export.fp16_path, "fp16")):
         meta = read_metadata(onnx.load(str(path), load_external_data=False))
@@ -178,7 +179,7 @@ def test_cli_flags_match_script():
 def _rtx_build(path: Path) -> int:
     """Parse ``path`` with TensorRT-RTX's ONNX parser and build an SM 8.9 engine on the CPU (the build stage)."""
     pytest.importorskip("tensorrt_rtx", reason="tensorrt_rtx not installed (pip install -e '.[rtx]')")
-    from mgd_rt.build import build_engine
+    from mgd_rt.engine import build_engine
 
     result = build_engine(path, output=path.with_suffix(".engine"), batch="1:1:2", targets="sm89",
                           library="tensorrt_rtx")

@@ -15,7 +15,7 @@ from mgd_rt.errors import MgdRtError
 from mgd_rt.numerics import compare_logits
 from mgd_rt.runtime import Segmenter, load_backend
 from mgd_rt.runtime.backends import backend_for
-from mgd_rt.runtime.image_io import read_image, write_atomic
+from mgd_rt.runtime.image_io import read_image, save_image
 from mgd_rt.runtime.processing import (
     postprocess,
     postprocess_binary,
@@ -114,9 +114,9 @@ def test_read_image_errors_name_the_file(tmp_path):
 
 
 def test_write_atomic_leaves_only_the_file(tmp_path):
-    write_atomic(Image.fromarray(_photo()), tmp_path / "a.png", "PNG")
+    save_image(Image.fromarray(_photo()), tmp_path / "a.png", "PNG")
     with pytest.raises(KeyError):
-        write_atomic(Image.fromarray(_photo()), tmp_path / "b.png", "NOPE")
+        save_image(Image.fromarray(_photo()), tmp_path / "b.png", "NOPE")
     assert sorted(os.listdir(tmp_path)) == ["a.png"]
 
 

@@ -15,12 +15,12 @@ import numpy as np
 import pytest
 from conftest import TINY_CHECKPOINT
 
-from mgd_rt.build import GpuInfo, current_gpu, import_library, sidecar_path
-from mgd_rt.build.sidecar import SIDECAR_FORMAT
+from mgd_rt.artifacts import SIDECAR_FORMAT, sidecar_path
 from mgd_rt.errors import MgdRtError
 from mgd_rt.runtime.backends import backend_for, load_backend
 from mgd_rt.runtime.backends import tensorrt_backend as trt_backend
 from mgd_rt.runtime.backends.tensorrt_backend import TensorRTBackend, check_gpu
+from mgd_rt.runtime.tensorrt_library import GpuInfo, current_gpu, import_library
 
 
 def _missing_for_gpu(need_trt: bool = True) -> str | None:
@@ -129,7 +129,7 @@ def test_cuda_python_memory_roundtrip():
         pytest.skip(reason)
     import ctypes
 
-    from mgd_rt.build.library import check_cuda, cuda_runtime
+    from mgd_rt.runtime.tensorrt_library import check_cuda, cuda_runtime
 
     cudart = cuda_runtime()
     n = 3 * 64 * 64
@@ -167,7 +167,7 @@ def gpu_tiny(tiny_onnx_copy):
 def test_engine_runs_and_matches_pytorch(gpu_tiny, precision, tmp_path):
     import torch
 
-    from mgd_rt.build import build_engine
+    from mgd_rt.engine import build_engine
     from mgd_rt.export import verify
     from mgd_rt.numerics import compare_logits
 

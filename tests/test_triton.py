@@ -104,7 +104,7 @@ def test_triton_repo_onnx_exact(tmp_path: Path) -> None:
 
 def _fake_engine(tmp_path: Path, profile: tuple[int, int, int], size: int = 64) -> Path:
     """An engine file (opaque bytes: the writer only copies it) with a complete sidecar."""
-    from mgd_rt.build.sidecar import SIDECAR_FORMAT, SIDECAR_VERSION, sidecar_path
+    from mgd_rt.artifacts import SIDECAR_FORMAT, SIDECAR_VERSION, sidecar_path
 
     engine = tmp_path / "model.fp16.engine"
     engine.write_bytes(b"plan bytes")

@@ -9,7 +9,7 @@ default exclusions live in ``exclusions.py``.
 from __future__ import annotations
 
 from mgd_rt.calibration.exclusions import DEFAULT_EXCLUDE_OP_TYPES, FULL_RESOLUTION_DIVISOR
-from mgd_rt.calibration.quantize import CALIBRATION_KEYS, METHODS, calibrate, int8_path
+from mgd_rt.calibration.quantize import CALIBRATION_KEYS, METHODS, calibrate
 from mgd_rt.calibration.report import AccuracyReport, accuracy_report
 
 __all__ = [
@@ -20,5 +20,4 @@ __all__ = [
     "AccuracyReport",
     "accuracy_report",
     "calibrate",
-    "int8_path",
 ]

@@ -12,26 +12,19 @@ from __future__ import annotations
 import hashlib
 import logging
 import os
-import tempfile
 from dataclasses import dataclass
 from pathlib import Path
 
 import numpy as np
 
+from mgd_rt.artifacts import atomic_write, file_sha256
 from mgd_rt.errors import MgdRtError
-from mgd_rt.runtime.image_io import IMAGE_SUFFIXES, as_rgb, read_image
+from mgd_rt.runtime.image_io import IMAGE_SUFFIXES, read_image
 from mgd_rt.runtime.processing import preprocess
+from mgd_rt.runtime.samples import network_inputs, sample_photos
 
 log = logging.getLogger("mgd_rt")
 
-# scikit-image's sample photos (shipped with it, no download), the default sets when no
-# images are given: two disjoint lists, so the accuracy report never sees a calibration image.
-# Colour photos, grayscale scenes and textures, to spread the activation ranges.
-SKIMAGE_CALIBRATION = (
-    "astronaut", "coffee", "rocket", "hubble_deep_field", "immunohistochemistry", "camera",
-    "moon", "brick", "grass", "gravel", "text", "page",
-)
-SKIMAGE_HOLDOUT = ("chelsea", "coins", "colorwheel", "retina", "clock", "logo")
 # bump when preprocessing changes: it is part of the cache key
 _PREP_VERSION = "1"
 
@@ -73,14 +66,6 @@ def list_images(images: str | Path | list[str | Path]) -> list[Path]:
     return paths
 
 
-def _file_sha256(path: Path) -> str:
-    h = hashlib.sha256()
-    with open(path, "rb") as f:
-        for block in iter(lambda: f.read(1 << 20), b""):
-            h.update(block)
-    return h.hexdigest()
-
-
 def _list_sha256(entries: list[tuple[str, str]]) -> str:
     """sha256 of the ordered (name, content sha256) list: the identity of a calibration set."""
     return hashlib.sha256("\n".join(f"{n}\t{h}" for n, h in entries).encode()).hexdigest()
@@ -108,10 +93,8 @@ def _save_cached(key: str, cache: Path | None, tensors: np.ndarray, names: list[
         return
     try:
         cache.mkdir(parents=True, exist_ok=True)
-        fd, tmp = tempfile.mkstemp(prefix=f".{key}.", suffix=".npz", dir=cache)
-        with os.fdopen(fd, "wb") as f:
+        with atomic_write(cache / f"{key}.npz") as tmp, open(tmp, "wb") as f:
             np.savez(f, tensors=tensors, names=np.array(names), hashes=np.array(hashes))
-        os.replace(tmp, cache / f"{key}.npz")
     except OSError as exc:  # a read-only home must not stop calibration
         log.warning("could not write the calibration cache in %s (%s)", cache, exc)
 
@@ -120,20 +103,9 @@ def skimage_set(
     names: tuple[str, ...], size: int, mean: tuple[float, ...], std: tuple[float, ...], limit: int | None = None
 ) -> ImageSet:
     """scikit-image sample photos ``names`` (the first ``limit``) -> (N, 3, S, S) float32."""
-    try:
-        from skimage import data
-    except ImportError as exc:
-        raise MgdRtError(
-            "scikit-image is not installed: it ships the default calibration photos; "
-            "pip install scikit-image, or pass --images DIR"
-        ) from exc
     names = names[:limit] if limit else names
-    arrays = []
-    for name in names:
-        image = getattr(data, name)()
-        if image.dtype == bool:
-            image = image.astype(np.uint8) * 255
-        arrays.append(preprocess(as_rgb(image), size, mean, std))  # (3, S, S)
+    photos = sample_photos(names, hint="pip install scikit-image, or pass --images DIR")
+    arrays = [x[0] for _, x in network_inputs(photos, size, mean, std)]  # each (3, S, S)
     entries = [(f"skimage:{n}", "") for n in names]
     return ImageSet([f"skimage:{n}" for n in names], np.stack(arrays), _list_sha256(entries), "scikit-image")
 
@@ -162,7 +134,7 @@ def prepare(
     skipped = 0
     for index in order:
         path = paths[index]
-        digest = _file_sha256(path)
+        digest = file_sha256(path)
         if exclude and digest in exclude:
             continue
         chosen.append((path, digest))
@@ -184,7 +156,7 @@ def prepare(
     for path, digest in chosen + [(paths[i], None) for i in order if paths[i] not in taken]:
         if len(good) == num_images:
             break
-        digest = digest or _file_sha256(path)
+        digest = digest or file_sha256(path)
         if exclude and digest in exclude:
             continue
         try:
@@ -215,4 +187,4 @@ def prepare(
 
 def content_hashes(images: str | Path | list[str | Path]) -> set[str]:
     """sha256 of every image file under ``images``: to keep calibration images out of a held-out set."""
-    return {_file_sha256(p) for p in list_images(images)}
+    return {file_sha256(p) for p in list_images(images)}

@@ -3,7 +3,6 @@
 from __future__ import annotations
 
 import logging
-import os
 import re
 import shutil
 import tempfile
@@ -12,12 +11,13 @@ from pathlib import Path
 
 import numpy as np
 
+from mgd_rt.artifacts import check_output_path, int8_path, metadata_floats
 from mgd_rt.calibration import data as calib_data
 from mgd_rt.calibration.exclusions import DEFAULT_EXCLUDE_OP_TYPES, default_excluded_nodes, match_patterns
 from mgd_rt.calibration.ranges import METHODS, collect_ranges
 from mgd_rt.contract import IMAGENET_MEAN, IMAGENET_STD, INPUT_NAME
 from mgd_rt.errors import MgdRtError
-from mgd_rt.runtime.backends.base import metadata_floats
+from mgd_rt.runtime.samples import CALIBRATION_PHOTOS
 
 log = logging.getLogger("mgd_rt")
 
@@ -34,7 +34,7 @@ CPU_FLOAT_OUTPUT_OP_TYPES: tuple[str, ...] = ("MatMul", "Gemm")
 # ops that mean a graph is already quantized
 QUANTIZED_OPS = {"QuantizeLinear", "DequantizeLinear", "QLinearConv", "QLinearMatMul", "MatMulInteger",
                  "ConvInteger", "DynamicQuantizeLinear"}
-# metadata written beside contract.METADATA_KEYS (precision becomes "int8")
+# metadata written beside artifacts.METADATA_KEYS (precision becomes "int8")
 CALIBRATION_KEYS: dict[str, str] = {
     "calibration_method": "entropy, max or percentile",
     "calibration_images": "number of images calibrated on, decimal",
@@ -43,12 +43,6 @@ CALIBRATION_KEYS: dict[str, str] = {
     "int8_fp32_nodes": "number of compute nodes kept in FP32 (default exclusions + --exclude)",
     "calibration_target": "tensorrt (ModelOpt's placement) or cpu (ONNX Runtime's QDQ placement)",
 }
-
-
-def int8_path(path: str | Path) -> Path:
-    """model.onnx -> model.int8.onnx, next to it."""
-    path = Path(path)
-    return path.with_name(f"{path.stem}.int8{path.suffix}")
 
 
 def load_fp32_graph(onnx_path: Path):
@@ -111,7 +105,7 @@ def calibrate(
     """
     import onnx
 
-    from mgd_rt.export import save_atomic
+    from mgd_rt.export import save_graph
     from mgd_rt.export.graph import set_metadata
 
     start = time.perf_counter()
@@ -122,12 +116,7 @@ def calibrate(
         raise MgdRtError(f"--target {target}: use one of {', '.join(TARGETS)}")
     model, meta = load_fp32_graph(onnx_path)
     output = Path(output) if output is not None else int8_path(onnx_path)
-    if output.suffix != ".onnx":
-        raise MgdRtError(f"{output}: the output name must end in .onnx")
-    if output.resolve() == onnx_path.resolve():
-        raise MgdRtError(f"{output}: would overwrite the FP32 graph; pick another -o")
-    if not output.parent.is_dir() or not os.access(output.parent, os.W_OK):
-        raise MgdRtError(f"{output}: output folder {output.parent} does not exist or is not writable")
+    check_output_path(output, ".onnx", onnx_path)
     size = int(meta.get("image_size") or model.graph.input[0].type.tensor_type.shape.dim[-1].dim_value)
     mean = metadata_floats(meta.get("mean"), IMAGENET_MEAN)
     std = metadata_floats(meta.get("std"), IMAGENET_STD)
@@ -137,12 +126,12 @@ def calibrate(
 
     cache_dir = calib_data.cache_dir() if cache else None
     if images is None:
-        count = min(num_images, len(calib_data.SKIMAGE_CALIBRATION))
+        count = min(num_images, len(CALIBRATION_PHOTOS))
         log.info("calibration images: scikit-image's sample photos (%d; pass --images DIR for your own)", count)
         if count < num_images:
             log.warning("scikit-image ships %d calibration photos: calibrating on %d, not %d", count, count,
                         num_images)
-        image_set = calib_data.skimage_set(calib_data.SKIMAGE_CALIBRATION, size, mean, std, count)
+        image_set = calib_data.skimage_set(CALIBRATION_PHOTOS, size, mean, std, count)
     else:
         image_set = calib_data.prepare(images, num_images, size, mean, std, seed, cache=cache_dir)
     fp32_op_types = DEFAULT_EXCLUDE_OP_TYPES if default_exclusions else ()
@@ -169,7 +158,7 @@ def calibrate(
         "calibration_target": target,
     })
     onnx.checker.check_model(quantized)
-    nbytes = save_atomic(quantized, output)
+    nbytes = save_graph(quantized, output)
     log.info("wrote %s (%.1f MB) in %.1f s", output, nbytes / 1e6, time.perf_counter() - start)
     return output
 

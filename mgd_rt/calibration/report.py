@@ -2,20 +2,20 @@
 
 from __future__ import annotations
 
-import json
 import logging
 import os
-import tempfile
 import time
 from dataclasses import dataclass, field
 from pathlib import Path
 
 import numpy as np
 
+from mgd_rt.artifacts import write_json_atomic
 from mgd_rt.calibration import data as calib_data
 from mgd_rt.contract import IMAGENET_MEAN, IMAGENET_STD, INPUT_NAME, OUTPUT_NAME
 from mgd_rt.errors import MgdRtError
 from mgd_rt.numerics import TOLERANCES, Comparison, compare_logits
+from mgd_rt.runtime.samples import HOLDOUT_PHOTOS
 
 log = logging.getLogger("mgd_rt")
 
@@ -79,13 +79,8 @@ class AccuracyReport:
         }
 
     def save(self, path: str | Path) -> Path:
-        """Write the JSON to a temporary name beside ``path``, then rename."""
-        path = Path(path)
-        fd, tmp = tempfile.mkstemp(prefix=f".{path.name}.", suffix=".tmp", dir=path.parent)
-        with os.fdopen(fd, "w") as f:
-            json.dump(self.as_dict(), f, indent=2)
-        os.replace(tmp, path)
-        return path
+        """Write the JSON atomically (nothing is left behind on an error)."""
+        return write_json_atomic(path, self.as_dict())
 
 
 def session(path: str | Path, threads: int | None = None):
@@ -127,8 +122,8 @@ def accuracy_report(
     """
     import onnx
 
+    from mgd_rt.artifacts import metadata_floats
     from mgd_rt.export.graph import read_metadata
-    from mgd_rt.runtime.backends.base import metadata_floats
 
     for path in (fp32_path, int8_path):
         if not Path(path).is_file():
@@ -139,7 +134,7 @@ def accuracy_report(
     size = int(meta["image_size"])
     mean, std = metadata_floats(meta.get("mean"), IMAGENET_MEAN), metadata_floats(meta.get("std"), IMAGENET_STD)
     if images is None:
-        held = calib_data.skimage_set(calib_data.SKIMAGE_HOLDOUT, size, mean, std, num_images)
+        held = calib_data.skimage_set(HOLDOUT_PHOTOS, size, mean, std, num_images)
     else:
         exclude = calib_data.content_hashes(calibration_images) if calibration_images else None
         held = calib_data.prepare(images, num_images, size, mean, std, exclude=exclude)

@@ -12,8 +12,9 @@ import logging
 import sys
 from collections.abc import Callable
 
-from mgd_rt import __version__
+from mgd_rt.engine import enable_engine_cache
 from mgd_rt.errors import MgdRtError
+from mgd_rt.version import __version__
 
 # one module per subcommand, in the order the pipeline runs
 COMMANDS = [
@@ -45,11 +46,19 @@ def build_parser() -> argparse.ArgumentParser:
     return parser
 
 
+def configure_logging(verbose: bool = False, quiet: bool = False) -> None:
+    """mgd-rt's own messages at INFO (DEBUG with -v, WARNING with -q); other libraries' loggers (onnxslim,
+    onnxscript, ModelOpt, Ray) only say warnings unless -v: their INFO chatter is not for users."""
+    level = logging.DEBUG if verbose else logging.WARNING if quiet else logging.INFO
+    logging.basicConfig(level=logging.DEBUG if verbose else logging.WARNING, format="mgd-rt: %(message)s",
+                        stream=sys.stderr)
+    logging.getLogger("mgd_rt").setLevel(level)
+
+
 def _execute(func: Callable[[argparse.Namespace], int | None], args: argparse.Namespace) -> int:
     """Run a command with the CLI's contract: user errors in one line (exit 1), bugs keep their traceback."""
-    verbose, quiet = getattr(args, "verbose", False), getattr(args, "quiet", False)
-    level = logging.DEBUG if verbose else logging.WARNING if quiet else logging.INFO
-    logging.basicConfig(level=level, format="mgd-rt: %(message)s", stream=sys.stderr)
+    configure_logging(getattr(args, "verbose", False), getattr(args, "quiet", False))
+    enable_engine_cache()  # an .onnx on --backend tensorrt is built once through the engine cache
     try:
         return int(func(args) or 0)
     except MgdRtError as exc:

@@ -49,7 +49,7 @@ def register(subparsers: argparse._SubParsersAction) -> None:
 
 
 def run(args: argparse.Namespace) -> int:
-    from mgd_rt.build import build_engine
+    from mgd_rt.engine import build_engine
 
     result = build_engine(
         args.onnx,

@@ -22,7 +22,7 @@ def register(subparsers: argparse._SubParsersAction) -> None:
 
 
 def run(args: argparse.Namespace) -> int:
-    from mgd_rt.runtime.demo import demo
+    from mgd_rt.demo import demo
 
     report = demo(args.checkpoint, args.variant, args.image_size, args.output, args.photos)
     print("\n".join(report.lines))

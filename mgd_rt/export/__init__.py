@@ -7,50 +7,32 @@ are thin over it); ``verify`` compares any exported graph with the PyTorch model
 from __future__ import annotations
 
 import logging
-import os
-import re
-import resource
-import sys
-import tempfile
 import time
 from dataclasses import dataclass, field
 from pathlib import Path
 
+from mgd_rt.artifacts import (
+    CODE_SIZE_KEY,
+    UNTRAINED,
+    atomic_write,
+    check_output_path,
+    file_sha256,
+    format_floats,
+    fp16_path,
+    sized_path,
+)
 from mgd_rt.errors import MgdRtError
 from mgd_rt.export.verify import VerifyReport, verify
+from mgd_rt.machine import peak_rss_mb
 
 log = logging.getLogger("mgd_rt")
 
-__all__ = ["CODE_SIZE_KEY", "ExportResult", "VerifyReport", "export_onnx", "export_onnx_sizes", "fp16_path",
-           "sized_path", "verify"]
+__all__ = ["MAX_NODES", "ExportResult", "VerifyReport", "export_onnx", "export_onnx_sizes", "save_graph", "verify"]
 
-# hygiene rule for B+ at S=1024 (issue 3): fewer nodes than this
+# hygiene rule for B+ at S=1024: fewer nodes than this (tests assert it)
 MAX_NODES = 2500
-# file size must be within this fraction of the bytes the graph's weights and constants need
-SIZE_SLACK = 0.02
 # protobuf's hard limit; bigger graphs need external data
 _PROTOBUF_LIMIT = 2**31 - 1
-
-
-# metadata prop: the input size whose grid the baked MCEM codes come from (the authors' TTA quirk)
-CODE_SIZE_KEY = "mcem_code_size"
-
-
-def sized_path(path: str | Path, size: int) -> Path:
-    """model.onnx -> model.s<size>.onnx; model.s512.onnx -> model.s<size>.onnx;
-    model.s512.fp16.onnx -> model.s<size>.fp16.onnx: one artifact per size (``--tta paper``)."""
-    path = Path(path)
-    name, n = re.subn(r"\.s\d+(?=\.)", f".s{size}", path.name, count=1)
-    if n:
-        return path.with_name(name)
-    head, _, tail = path.name.partition(".")
-    return path.with_name(f"{head}.s{size}.{tail}")
-
-
-def fp16_path(path: str | Path) -> Path:
-    """model.onnx -> model.fp16.onnx, next to it."""
-    path = Path(path)
-    return path.with_name(f"{path.stem}.fp16{path.suffix}")
 
 
 @dataclass
@@ -108,36 +90,14 @@ class ExportResult:
         return out
 
 
-def _peak_rss_mb() -> float:
-    # ru_maxrss is KiB on Linux, bytes on macOS
-    rss = resource.getrusage(resource.RUSAGE_SELF).ru_maxrss
-    return rss / (1 << 20) if sys.platform == "darwin" else rss / 1024
-
-
-def _check_writable(path: Path) -> None:
-    parent = path.parent if str(path.parent) else Path(".")
-    if not parent.is_dir():
-        raise MgdRtError(f"{path}: output folder {parent} does not exist")
-    if not os.access(parent, os.W_OK):
-        raise MgdRtError(f"{path}: output folder {parent} is not writable")
-    if path.suffix != ".onnx":
-        raise MgdRtError(f"{path}: the output name must end in .onnx")
-
-
-def save_atomic(model, path: Path) -> int:
-    """Write ``model`` to a temporary name in the same folder, then rename; returns the size."""
+def save_graph(model, path: Path) -> int:
+    """Write the ONNX ``model`` to ``path`` atomically (mgd_rt.artifacts.atomic_write); returns the size."""
     import onnx
 
     if model.ByteSize() > _PROTOBUF_LIMIT:
         raise MgdRtError(f"{path}: graph over 2 GB; external-data export is not implemented")
-    fd, tmp = tempfile.mkstemp(prefix=f".{path.name}.", suffix=".tmp", dir=path.parent or ".")
-    os.close(fd)
-    try:
+    with atomic_write(path) as tmp:
         onnx.save_model(model, tmp)
-        os.replace(tmp, path)
-    except BaseException:
-        Path(tmp).unlink(missing_ok=True)
-        raise
     return path.stat().st_size
 
 
@@ -156,21 +116,22 @@ def export_onnx(
     """Export MGD-SAM2 to ``output`` (FP32) and, with ``fp16``, ``fp16_path(output)``.
 
     The graph: image float32 (B, 3, S, S) -> mask_logits float32 (B, 1, S, S); B dynamic
-    unless ``batch`` fixes it. Metadata props per contract.METADATA_KEYS. Files are written
+    unless ``batch`` fixes it. Metadata props per artifacts.METADATA_KEYS. Files are written
     under temporary names and renamed, so an error leaves nothing half-written.
     ``code_grid_size``: bake the authors' TTA quirk, MCEM codes derived from that input size's
     grid (recorded as the ``mcem_code_size`` prop; see mgd_rt.runtime.tta).
     """
     import onnx
 
-    from mgd_rt import __version__
-    from mgd_rt.checkpoint import file_sha256, load_model
+    from mgd_rt.checkpoint import load_model
     from mgd_rt.contract import IMAGENET_MEAN, IMAGENET_STD
     from mgd_rt.export import graph as graphs
     from mgd_rt.export.torch_export import DEFAULT_OPSET, torch_to_onnx, used_parameter_bytes
+    from mgd_rt.model.mcem import mcem_code_grid
+    from mgd_rt.version import __version__
 
     output = Path(output)
-    _check_writable(output)
+    check_output_path(output, ".onnx")
     if batch is not None and batch < 1:
         raise MgdRtError(f"--batch {batch}: use a positive batch size or 'dynamic'")
     opset = opset or DEFAULT_OPSET
@@ -183,15 +144,10 @@ def export_onnx(
         log.info("%s: %.1f s", name, timings[name])
 
     t0 = time.perf_counter()
+    if code_grid_size is not None and (code_grid_size < 64 or code_grid_size % 64):
+        raise MgdRtError(f"code grid size {code_grid_size}: must be a model size (a multiple of 64)")
     model = load_model(checkpoint, variant, image_size)
-    if code_grid_size is not None:
-        from mgd_rt.export.forms import mcem_code_grid
-
-        if code_grid_size < 64 or code_grid_size % 64:
-            raise MgdRtError(f"code grid size {code_grid_size}: must be a model size (a multiple of 64)")
-        # never restored: this model only serves this export (tracing and verification)
-        mcem_code_grid(model, code_grid_size).__enter__()
-    sha = file_sha256(checkpoint) if checkpoint is not None else "untrained"
+    sha = file_sha256(checkpoint) if checkpoint is not None else UNTRAINED
     if checkpoint is None:
         log.warning("exporting SEEDED UNTRAINED weights (no --checkpoint): for benchmarks only")
     step("load", t0)
@@ -201,7 +157,8 @@ def export_onnx(
 
     t0 = time.perf_counter()
     log.info("exporting %s at S=%d (dynamo exporter, opset %d)...", model.variant.name, model.image_size, opset)
-    proto = torch_to_onnx(model, batch, opset)
+    with mcem_code_grid(model, code_grid_size):  # the authors' TTA quirk, when asked for
+        proto = torch_to_onnx(model, batch, opset)
     result.nodes_exported = len(proto.graph.node)
     step("export", t0)
 
@@ -217,8 +174,8 @@ def export_onnx(
     props = {
         "variant": model.variant.name,
         "image_size": str(model.image_size),
-        "mean": ",".join(str(v) for v in IMAGENET_MEAN),
-        "std": ",".join(str(v) for v in IMAGENET_STD),
+        "mean": format_floats(IMAGENET_MEAN),
+        "std": format_floats(IMAGENET_STD),
         "precision": "fp32",
         "opset": str(opset),
         "mgd_rt_version": __version__,
@@ -246,19 +203,20 @@ def export_onnx(
         step("fp16", t0)
 
     t0 = time.perf_counter()
-    result.file_bytes = save_atomic(proto, output)
+    result.file_bytes = save_graph(proto, output)
     if fp16_proto is not None:
-        result.fp16_file_bytes = save_atomic(fp16_proto, result.fp16_path)
+        result.fp16_file_bytes = save_graph(fp16_proto, result.fp16_path)
     step("save", t0)
 
     if verify_graph:
         t0 = time.perf_counter()
         for path in [output] + ([result.fp16_path] if fp16 else []):
             log.info("verifying %s with ONNX Runtime (CPU)...", path.name)
-            result.verification.append(verify(path, checkpoint, images, model=model))
+            with mcem_code_grid(model, code_grid_size):
+                result.verification.append(verify(path, checkpoint, images, model=model))
         step("verify", t0)
     result.timings = timings
-    result.peak_rss_mb = _peak_rss_mb()
+    result.peak_rss_mb = peak_rss_mb()
     return result
 
 

@@ -19,7 +19,6 @@ import torch
 from torch import nn
 
 from mgd_rt.model import MGDSAM2, use_conv2d_pairs
-from mgd_rt.model.mcem import MCEM
 
 # Hiera's patch embedding has stride 4; the trunk sees S/2 views
 _PATCH_STRIDE = 4
@@ -36,26 +35,6 @@ class ConstantCode(nn.Module):
 
     def forward(self, *args, **kwargs) -> torch.Tensor:  # noqa: ARG002 - same call signature as the original
         return self.code
-
-
-@contextmanager
-def mcem_code_grid(model: nn.Module, size: int | None) -> Iterator[nn.Module]:
-    """Every MCEM of ``model`` derives its sine code from the grid of input size ``size``; restored on exit.
-
-    The authors' TTA quirk (architecture doc): their MCEM keeps the code of its first call, at
-    0.75S in their TTA run, and bicubic-resizes it for every size. MCEM's image grid is
-    (size/16, size/16): each S/2 view has a stride-16 embedding of S/32, and MCEM joins 2 x 2 of
-    them. ``size`` None keeps the default (the code at each call's own size).
-    """
-    modules = [m for m in model.modules() if isinstance(m, MCEM)]
-    saved = [m.code_grid for m in modules]
-    for m in modules:
-        m.code_grid = None if size is None else (size // 16, size // 16)
-    try:
-        yield model
-    finally:
-        for m, grid in zip(modules, saved, strict=True):
-            m.code_grid = grid
 
 
 @contextmanager

@@ -178,7 +178,7 @@ def simplify(model: onnx.ModelProto) -> onnx.ModelProto:
 
 
 def set_metadata(model: onnx.ModelProto, props: dict[str, str]) -> None:
-    """Write ``props`` (contract.METADATA_KEYS) as ONNX metadata_props, replacing old values."""
+    """Write ``props`` (artifacts.METADATA_KEYS) as ONNX metadata_props, replacing old values."""
     kept = [p for p in model.metadata_props if p.key not in props]
     del model.metadata_props[:]
     model.metadata_props.extend(kept)

@@ -14,52 +14,12 @@ from pathlib import Path
 
 import numpy as np
 
-from mgd_rt.contract import IMAGENET_MEAN, IMAGENET_STD, INPUT_NAME, OUTPUT_NAME
+from mgd_rt.contract import INPUT_NAME, OUTPUT_NAME
 from mgd_rt.errors import MgdRtError
 from mgd_rt.numerics import Comparison, compare_logits
+from mgd_rt.runtime.samples import VERIFY_PHOTOS, network_inputs, sample_photos
 
 log = logging.getLogger("mgd_rt")
-
-# scikit-image sample photos: a portrait, an animal, objects (dataset names in skimage.data)
-SAMPLE_PHOTOS = ("astronaut", "chelsea", "coffee")
-IMAGE_SUFFIXES = (".jpg", ".jpeg", ".png", ".bmp", ".tif", ".tiff", ".webp")
-
-
-def normalise(rgb: np.ndarray, size: int) -> np.ndarray:
-    """uint8 (H, W, 3) RGB -> float32 (1, 3, S, S): bilinear resize to S x S, ImageNet normalised."""
-    from PIL import Image
-
-    image = Image.fromarray(rgb).convert("RGB").resize((size, size), Image.BILINEAR)
-    x = np.asarray(image, dtype=np.float32) / 255.0
-    x = (x - np.array(IMAGENET_MEAN, np.float32)) / np.array(IMAGENET_STD, np.float32)
-    return x.transpose(2, 0, 1)[None]  # (1, 3, S, S)
-
-
-def load_photos(size: int, images: str | Path | None = None) -> list[tuple[str, np.ndarray]]:
-    """[(name, (1, 3, S, S) float32)] from ``images`` (a folder or file) or scikit-image's samples."""
-    if images is not None:
-        from PIL import Image, UnidentifiedImageError
-
-        root = Path(images)
-        paths = [root] if root.is_file() else sorted(p for p in root.glob("*") if p.suffix.lower() in IMAGE_SUFFIXES)
-        if not paths:
-            raise MgdRtError(f"{root}: no images ({', '.join(IMAGE_SUFFIXES)}) found")
-        out = []
-        for path in paths:
-            try:
-                out.append((path.name, normalise(np.asarray(Image.open(path).convert("RGB")), size)))
-            except (OSError, UnidentifiedImageError) as exc:
-                raise MgdRtError(f"{path}: not a readable image ({exc})") from exc
-        return out
-    try:
-        from skimage import data
-    except ImportError as exc:
-        raise MgdRtError(
-            "scikit-image is not installed: it ships the sample photos verification uses; "
-            "install the dev extra (pip install -e '.[dev]') or pass --images DIR"
-        ) from exc
-    return [(name, normalise(getattr(data, name)(), size)) for name in SAMPLE_PHOTOS]
-
 
 @dataclass
 class VerifyReport:
@@ -118,7 +78,8 @@ def verify(
     import onnx
     import torch
 
-    from mgd_rt.checkpoint import file_sha256, load_model
+    from mgd_rt.artifacts import file_sha256
+    from mgd_rt.checkpoint import load_model
     from mgd_rt.export.graph import read_metadata
 
     start = time.perf_counter()
@@ -128,7 +89,7 @@ def verify(
     if not path.is_file():
         raise MgdRtError(f"{path}: no such file")
     if path.suffix == ".engine":
-        from mgd_rt.build.sidecar import read_sidecar
+        from mgd_rt.artifacts import read_sidecar
 
         sidecar = read_sidecar(path)
         meta = {**sidecar["source"].get("metadata", {}), "precision": sidecar["precision"]}
@@ -164,7 +125,11 @@ def verify(
         fixed_batch = fixed_batch if isinstance(fixed_batch, int) else None
         run, runner = (lambda x: session.run([OUTPUT_NAME], {INPUT_NAME: x})[0]), "ONNX Runtime CPU"
 
-    inputs = load_photos(size, images)
+    if images is not None:
+        inputs = network_inputs(images, size)
+    else:
+        inputs = network_inputs(sample_photos(VERIFY_PHOTOS, hint="install the dev extra (pip install -e "
+                                              "'.[dev]') or pass --images DIR"), size)
     rng = np.random.default_rng(0)
     inputs.append((f"random x{fixed_batch or random_batch}", rng.standard_normal(
         (fixed_batch or random_batch, 3, size, size)).astype(np.float32)))

@@ -3,6 +3,8 @@
 from __future__ import annotations
 
 import math
+from collections.abc import Iterator
+from contextlib import contextmanager
 
 import torch
 import torch.nn.functional as F
@@ -118,3 +120,23 @@ class MCEM(nn.Module):
         image = img.transpose(1, 2).reshape(b, c, 2 * h, 2 * w)
         g_map = g.transpose(1, 2).reshape(b, c, h, w)
         return torch.cat([image2patches(image), g_map], dim=0), image
+
+
+@contextmanager
+def mcem_code_grid(model: nn.Module, size: int | None) -> Iterator[nn.Module]:
+    """Every MCEM of ``model`` derives its sine code from the grid of input size ``size``; restored on exit.
+
+    The authors' TTA quirk (architecture doc): their MCEM keeps the code of its first call, at
+    0.75S in their TTA run, and bicubic-resizes it for every size. MCEM's image grid is
+    (size/16, size/16): each S/2 view has a stride-16 embedding of S/32, and MCEM joins 2 x 2 of
+    them. ``size`` None keeps the default (the code at each call's own size).
+    """
+    modules = [m for m in model.modules() if isinstance(m, MCEM)]
+    saved = [m.code_grid for m in modules]
+    for m in modules:
+        m.code_grid = None if size is None else (size // 16, size // 16)
+    try:
+        yield model
+    finally:
+        for m, grid in zip(modules, saved, strict=True):
+            m.code_grid = grid

@@ -7,14 +7,13 @@ orientation is honoured. Every problem is an :class:`MgdRtError` naming the file
 
 from __future__ import annotations
 
-import os
-import tempfile
 import warnings
 from pathlib import Path
 
 import numpy as np
 from PIL import Image, ImageOps, UnidentifiedImageError
 
+from mgd_rt.artifacts import atomic_write
 from mgd_rt.errors import MgdRtError
 
 IMAGE_SUFFIXES = (".jpg", ".jpeg", ".png", ".bmp", ".tif", ".tiff", ".webp")
@@ -90,21 +89,10 @@ def as_rgb(image: np.ndarray) -> np.ndarray:
     return np.ascontiguousarray(image)
 
 
-def write_atomic(img: Image.Image, path: str | Path, fmt: str, **params: object) -> Path:
-    """Save ``img`` to a temporary file beside ``path`` and rename it into place.
-
-    A crash or a full disk leaves either the old file or no file, never a half-written one.
-    """
+def save_image(img: Image.Image, path: str | Path, fmt: str, **params: object) -> Path:
+    """Save ``img`` through mgd_rt.artifacts.atomic_write: a crash or a full disk leaves the old file or
+    none, never half of one; the file gets the umask's permissions."""
     path = Path(path)
-    fd, tmp = tempfile.mkstemp(prefix=f".{path.name}.", suffix=".tmp", dir=path.parent)
-    try:
-        with os.fdopen(fd, "wb") as f:
-            img.save(f, format=fmt, **params)
-        os.replace(tmp, path)
-    except BaseException:
-        try:
-            os.unlink(tmp)
-        except FileNotFoundError:
-            pass
-        raise
+    with atomic_write(path) as tmp:
+        img.save(tmp, format=fmt, **params)
     return path

@@ -15,7 +15,7 @@ import cv2
 import numpy as np
 from PIL import Image
 
-from mgd_rt.runtime.image_io import write_atomic
+from mgd_rt.runtime.image_io import save_image
 from mgd_rt.runtime.processing import postprocess_binary, resize_logits_strips, sigmoid
 from mgd_rt.runtime.segmenter import Result
 
@@ -46,14 +46,14 @@ def write_result(result: Result, path: Path, fmt: str, threshold: float = 0.5) -
     """Encode ``result`` in format ``fmt`` and write it to ``path`` via a temporary file."""
     height, width = result.size
     if fmt == "matte":
-        return write_atomic(Image.fromarray(result.matte(), "L"), path, "PNG")
+        return save_image(Image.fromarray(result.matte(), "L"), path, "PNG")
     if fmt == "binary":
-        return write_atomic(Image.fromarray(postprocess_binary(result.logits, height, width, threshold), "L"),
+        return save_image(Image.fromarray(postprocess_binary(result.logits, height, width, threshold), "L"),
                             path, "PNG")
     if fmt == "rgba":
         rgba = np.dstack([result.image, result.matte()])  # (H, W, 3) + (H, W) -> (H, W, 4)
-        return write_atomic(Image.fromarray(rgba, "RGBA"), path, "PNG")
+        return save_image(Image.fromarray(rgba, "RGBA"), path, "PNG")
     if fmt == "overlay":
-        return write_atomic(Image.fromarray(overlay_image(result.image, result.logits, threshold)), path, "JPEG",
+        return save_image(Image.fromarray(overlay_image(result.image, result.logits, threshold)), path, "JPEG",
                             quality=90)
     raise ValueError(f"unknown format {fmt!r}")

@@ -45,7 +45,7 @@ def preprocess(
     return normalise(resize_rgb(image, size, size), mean, std)
 
 
-def _source_coords(out_len: int, in_len: int) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
+def source_coords(out_len: int, in_len: int) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
     """Bilinear taps for align_corners=False, as PyTorch computes them.
 
     Returns (i0, i1, frac): output pixel k reads in[i0[k]] * (1 - frac[k]) + in[i1[k]] * frac[k].
@@ -82,9 +82,9 @@ def resize_logits_strips(
         for r0 in range(0, height, rows):
             yield r0, logits[r0 : r0 + rows]
         return
-    x0, x1, fx = _source_coords(width, w)
+    x0, x1, fx = source_coords(width, w)
     along_x = logits[:, x0] * (1.0 - fx) + logits[:, x1] * fx  # (h, w) -> (h, width)
-    y0, y1, fy = _source_coords(height, h)
+    y0, y1, fy = source_coords(height, h)
     for r0 in range(0, height, rows):
         sl = slice(r0, min(r0 + rows, height))
         a = fy[sl, None]

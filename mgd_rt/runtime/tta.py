@@ -25,17 +25,16 @@ Resizing is numpy (the light runtime never imports torch) with PyTorch's bilinea
 
 from __future__ import annotations
 
-import re
 from collections.abc import Callable
 from contextlib import nullcontext
 from pathlib import Path
 
 import numpy as np
 
+from mgd_rt.artifacts import CODE_SIZE_KEY, sized_path, unsized_name
 from mgd_rt.errors import MgdRtError
-from mgd_rt.export import CODE_SIZE_KEY, sized_path  # light: naming and metadata keys only
 from mgd_rt.runtime.backends.base import Backend
-from mgd_rt.runtime.processing import _source_coords
+from mgd_rt.runtime.processing import source_coords
 
 TTA_MODES = ("none", "flip", "paper")
 # the authors' ttach scales, in their order; the first one's grid gives MCEM its code
@@ -69,9 +68,9 @@ def resize_bilinear(x: np.ndarray, height: int, width: int) -> np.ndarray:
     h, w = x.shape[-2:]
     if (h, w) == (height, width):
         return x
-    x0, x1, fx = _source_coords(width, w)
+    x0, x1, fx = source_coords(width, w)
     along_x = x[..., x0] * (1.0 - fx) + x[..., x1] * fx  # (..., h, width)
-    y0, y1, fy = _source_coords(height, h)
+    y0, y1, fy = source_coords(height, h)
     fy = fy[:, None]
     return np.ascontiguousarray(along_x[..., y0, :] * (1.0 - fy) + along_x[..., y1, :] * fy, dtype=np.float32)
 
@@ -149,7 +148,7 @@ class TTA:
 
     # paper on PyTorch: every scale in the one model, the quirk reproduced ------------------
     def _setup_torch(self, sizes: tuple[int, ...]) -> None:
-        from mgd_rt.export.forms import mcem_code_grid
+        from mgd_rt.model.mcem import mcem_code_grid
 
         backend = self.backend
         # _run skips the (B, 3, S, S) shape check: the module runs at any size (the batch was
@@ -175,7 +174,7 @@ class TTA:
                 continue
             path = sized_path(model_path, size)
             if not path.is_file():
-                plain = re.sub(r"[.]s[0-9]+(?=[.])", "", Path(model_path).name)
+                plain = unsized_name(model_path)
                 raise MgdRtError(
                     f"--tta paper: {Path(model_path).name} needs a graph per scale ({', '.join(map(str, sizes))}); "
                     f"{path} is missing. Export them with: mgd-rt export --image-size "
@@ -237,5 +236,5 @@ class TTA:
         self._owned.clear()
 
 
-__all__ = ["CODE_SIZE_KEY", "PAPER_SCALES", "TTA", "TTA_MODES", "flip_logits", "hflip", "paper_logits",
-           "paper_sizes", "resize_bilinear", "sized_path"]
+__all__ = ["PAPER_SCALES", "TTA", "TTA_MODES", "flip_logits", "hflip", "paper_logits", "paper_sizes",
+           "resize_bilinear"]

@@ -27,7 +27,7 @@ from pathlib import Path
 from typing import Any
 
 from mgd_rt.contract import IMAGENET_MEAN, IMAGENET_STD, INPUT_NAME, OUTPUT_NAME
-from mgd_rt.errors import MgdRtError
+from mgd_rt.errors import MgdRtError, first_line
 
 log = logging.getLogger("mgd_rt")
 
@@ -93,8 +93,7 @@ def _onnx_spec(path: Path) -> tuple[dict[str, str], int, int | None]:
     try:
         session = ort.InferenceSession(str(path), sess_options=options, providers=["CPUExecutionProvider"])
     except Exception as exc:  # onnxruntime's own exception types for bad files
-        first = (str(exc).strip().splitlines() or [type(exc).__name__])[0]
-        raise MgdRtError(f"{path}: ONNX Runtime cannot load this graph ({first})") from None
+        raise MgdRtError(f"{path}: ONNX Runtime cannot load this graph ({first_line(exc)})") from None
     meta = dict(session.get_modelmeta().custom_metadata_map)
 
     def io(values) -> list[dict[str, Any]]:
@@ -157,7 +156,7 @@ def plan_model(
         kind = instance_kind or "auto"
         info: dict[str, Any] = {"source": str(path.resolve()), "metadata": meta}
     elif suffix in (".engine", ".plan"):
-        from mgd_rt.build.sidecar import read_sidecar, sidecar_path
+        from mgd_rt.artifacts import read_sidecar, sidecar_path
 
         sidecar = read_sidecar(path)
         sidecar_file = sidecar_path(path)

@@ -7,6 +7,7 @@ only when chosen, so the onnxruntime path never imports torch.
 from __future__ import annotations
 
 import importlib
+from collections.abc import Callable
 from dataclasses import dataclass
 from pathlib import Path
 
@@ -41,6 +42,18 @@ BACKENDS: dict[str, BackendSpec] = {
     "triton": BackendSpec("triton", "mgd_rt.runtime.backends.triton_backend:TritonBackend",
                           ("fp32", "fp16", "int8"), ("server",)),
 }
+
+
+# How a file a backend cannot load itself becomes one it can: (backend, suffix) -> converter(path, dtype,
+# device) -> the path to load. The runtime never builds anything; the stage that can registers here
+# (mgd_rt.engine.enable_engine_cache: an .onnx on tensorrt becomes the engine its cache builds).
+Converter = Callable[[Path, "str | None", "str | None"], Path]
+CONVERTERS: dict[tuple[str, str], Converter] = {}
+
+
+def register_converter(backend: str, suffix: str, converter: Converter) -> None:
+    """Let ``backend`` open ``suffix`` files through ``converter`` (see :data:`CONVERTERS`)."""
+    CONVERTERS[(backend, suffix)] = converter
 
 
 def backend_for(model: str | Path, backend: str = "auto") -> BackendSpec:
@@ -92,9 +105,17 @@ def load_backend(
         raise MgdRtError(f"--device {device}: a Triton model runs where the server puts it; leave --device out")
     if device is not None and device.split(":")[0] not in spec.devices:
         raise MgdRtError(f"--device {device}: {spec.name} runs on {' or '.join(spec.devices)}")
+    suffix = Path(str(model)).suffix.lower()
+    if spec.name == "tensorrt" and suffix in _ONNX_SUFFIXES:
+        convert = CONVERTERS.get((spec.name, suffix))
+        if convert is None:
+            raise MgdRtError(f"{model}: TensorRT runs engines; build one with mgd-rt build, or call "
+                             "mgd_rt.engine.enable_engine_cache() to build it on first use (mgd_rt.Segmenter "
+                             "and the mgd-rt commands do)")
+        model = convert(Path(model), dtype, device)
     module_name, cls_name = spec.module.split(":")
     cls = getattr(importlib.import_module(module_name), cls_name)
     return cls(model, device=device, dtype=dtype, check_inputs=check_inputs)
 
 
-__all__ = ["BACKENDS", "Backend", "BackendSpec", "backend_for", "load_backend"]
+__all__ = ["BACKENDS", "CONVERTERS", "Backend", "BackendSpec", "backend_for", "load_backend", "register_converter"]

@@ -11,13 +11,9 @@ from collections.abc import Mapping
 
 import numpy as np
 
+from mgd_rt.artifacts import metadata_floats
 from mgd_rt.contract import IMAGENET_MEAN, IMAGENET_STD, INPUT_NAME, OUTPUT_NAME
 from mgd_rt.errors import MgdRtError
-
-
-def metadata_floats(text: str | None, default: tuple[float, ...]) -> tuple[float, ...]:
-    """A comma-separated float list from model metadata ("0.485,0.456,0.406"), or ``default``."""
-    return default if not text else tuple(float(v) for v in text.split(","))
 
 
 class Backend(ABC):
@@ -40,7 +36,7 @@ class Backend(ABC):
 
     def apply_metadata(self, meta: Mapping[str, str]) -> None:
         """Variant, the weights' origin and the normalisation from an artifact's metadata props
-        (contract.METADATA_KEYS: ONNX metadata, an engine sidecar's copy, Triton parameters)."""
+        (artifacts.METADATA_KEYS: ONNX metadata, an engine sidecar's copy, Triton parameters)."""
         self.variant = meta.get("variant", "unknown")
         sha = meta.get("checkpoint_sha256")
         self.trained = None if sha is None else sha != "untrained"

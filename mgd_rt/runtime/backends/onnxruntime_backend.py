@@ -15,7 +15,7 @@ from pathlib import Path
 import numpy as np
 
 from mgd_rt.contract import INPUT_NAME, OUTPUT_NAME
-from mgd_rt.errors import MgdRtError
+from mgd_rt.errors import MgdRtError, first_line
 from mgd_rt.runtime.backends.base import Backend
 
 log = logging.getLogger("mgd_rt")
@@ -66,8 +66,7 @@ class OnnxRuntimeBackend(Backend):
         try:
             self.session = ort.InferenceSession(str(path), sess_options=options, providers=providers)
         except Exception as exc:  # onnxruntime raises its own exception types for bad files
-            first = str(exc).strip().splitlines()[0] if str(exc).strip() else type(exc).__name__
-            raise MgdRtError(f"{path}: ONNX Runtime cannot load this graph ({first})") from None
+            raise MgdRtError(f"{path}: ONNX Runtime cannot load this graph ({first_line(exc)})") from None
         used = self.session.get_providers()
         if device is not None and device.startswith("cuda") and used[0] not in GPU_PROVIDERS:
             raise MgdRtError(f"--device {device}: ONNX Runtime fell back to {used[0]} (CUDA libraries missing?); "

@@ -1,4 +1,4 @@
-"""TensorRT backend: a built ``.engine`` (TensorRT or TensorRT-RTX), or an ``.onnx`` via the engine cache.
+"""TensorRT backend: a built ``.engine`` (TensorRT or TensorRT-RTX) with its sidecar.
 
 The sidecar is read first: an engine built by another TensorRT version, or for another GPU, is
 refused with a message before any CUDA call is made on its behalf. GPU memory, the stream and
@@ -18,11 +18,11 @@ from typing import Any
 
 import numpy as np
 
-from mgd_rt.build.library import GpuInfo, Library, check_cuda, cuda_runtime, current_gpu, import_library
-from mgd_rt.build.sidecar import read_sidecar
+from mgd_rt.artifacts import read_sidecar
 from mgd_rt.contract import INPUT_NAME, OUTPUT_NAME
 from mgd_rt.errors import MgdRtError
 from mgd_rt.runtime.backends.base import Backend
+from mgd_rt.runtime.tensorrt_library import GpuInfo, Library, check_cuda, cuda_runtime, current_gpu, import_library
 
 log = logging.getLogger("mgd_rt")
 
@@ -80,17 +80,24 @@ def check_gpu(sidecar: dict[str, Any], gpu: GpuInfo, engine: Path) -> None:
                     engine.name, built["name"], gpu.name, gpu.compute_capability)
 
 
+def cuda_index(device: str | None) -> int:
+    """"cuda:N" -> N ("cuda" and None -> 0); MgdRtError for anything but a CUDA device."""
+    if device not in (None, "cuda") and not str(device).startswith("cuda:"):
+        raise MgdRtError(f"--device {device}: TensorRT engines run on a CUDA GPU (cuda or cuda:N)")
+    return int(device.split(":")[1]) if device and ":" in device else 0
+
+
 def _is_torch_tensor(x: object) -> bool:
     # no torch import: the light runtime must not pull it in
     return type(x).__module__.startswith("torch") and hasattr(x, "data_ptr")
 
 
 class TensorRTBackend(Backend):
-    """``model``: an .engine with its sidecar, or an .onnx built through the engine cache.
+    """``model``: an .engine with its sidecar (an .onnx reaches here as the engine the engine cache built).
 
     ``device``: "cuda" or "cuda:N" (None: cuda:0). ``cuda_graph``: capture copy + enqueue + copy
     for the first batch size seen and replay it for that size (a fixed batch); other sizes run
-    normally. ``cache_dir``: engine cache folder for .onnx (default $MGD_RT_ENGINE_CACHE).
+    normally.
     """
 
     name = "tensorrt"
@@ -102,18 +109,10 @@ class TensorRTBackend(Backend):
         dtype: str | None = None,
         check_inputs: bool = True,
         cuda_graph: bool = False,
-        cache_dir: str | Path | None = None,
-        library: str = "auto",
     ) -> None:
         self._closed = True  # close() is safe however far __init__ gets
-        if device not in (None, "cuda") and not str(device).startswith("cuda:"):
-            raise MgdRtError(f"--device {device}: TensorRT engines run on a CUDA GPU (cuda or cuda:N)")
-        index = int(device.split(":")[1]) if device and ":" in device else 0
+        index = cuda_index(device)
         path = Path(model)
-        if path.suffix == ".onnx":
-            from mgd_rt.build.cache import cached_engine
-
-            path = cached_engine(path, precision=dtype, cache=cache_dir, library=library, gpu=current_gpu(index))
         if not path.is_file():
             raise MgdRtError(f"{path}: no such engine file")
         # 1. the sidecar, before anything touches CUDA or the engine bytes
@@ -298,4 +297,4 @@ class TensorRTBackend(Backend):
         self.context = self.engine = None  # the context goes before the engine
 
 
-__all__ = ["TensorRTBackend", "check_gpu", "check_library"]
+__all__ = ["TensorRTBackend", "check_gpu", "check_library", "cuda_index"]

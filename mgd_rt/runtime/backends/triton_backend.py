@@ -19,7 +19,7 @@ from urllib.parse import urlsplit
 import numpy as np
 
 from mgd_rt.contract import INPUT_NAME, OUTPUT_NAME
-from mgd_rt.errors import MgdRtError
+from mgd_rt.errors import MgdRtError, first_line
 from mgd_rt.runtime.backends.base import Backend
 
 URL_SCHEMES = ("grpc", "http", "https")
@@ -82,14 +82,14 @@ class TritonBackend(Backend):
                     self.netloc, ssl=self.scheme == "https", connection_timeout=timeout_s, network_timeout=timeout_s)
             live = self.client.is_server_live()
         except Exception as exc:  # tritonclient raises its own and socket errors
-            raise MgdRtError(f"{url}: no Triton server answers at {self.netloc} ({_first_line(exc)}); start one "
+            raise MgdRtError(f"{url}: no Triton server answers at {self.netloc} ({first_line(exc)}); start one "
                              "with mgd-rt serve or tritonserver --model-repository") from None
         if not live:
             raise MgdRtError(f"{url}: the Triton server at {self.netloc} is not live")
         try:
             ready = self.client.is_model_ready(self.model_name, self.version)
         except self._error as exc:
-            raise MgdRtError(f"{url}: {_first_line(exc)}") from None
+            raise MgdRtError(f"{url}: {first_line(exc)}") from None
         if not ready:
             raise MgdRtError(f"{url}: the server has no ready model {self.model_name!r}"
                              f"{' version ' + self.version if self.version else ''}; check the name "
@@ -132,7 +132,7 @@ class TritonBackend(Backend):
                 metadata = self.client.get_model_metadata(self.model_name, self.version)
                 config = self.client.get_model_config(self.model_name, self.version)
         except self._error as exc:
-            raise MgdRtError(f"{self.model_name}: {_first_line(exc)}") from None
+            raise MgdRtError(f"{self.model_name}: {first_line(exc)}") from None
         return metadata, config
 
     def _run(self, batch: np.ndarray) -> np.ndarray:
@@ -159,7 +159,7 @@ class TritonBackend(Backend):
                 with self._lock:
                     result = self.client.infer(self.model_name, [request], self.version, outputs=wanted)
         except self._error as exc:
-            raise MgdRtError(f"Triton {self.netloc}/{self.model_name}: {_first_line(exc)}") from None
+            raise MgdRtError(f"Triton {self.netloc}/{self.model_name}: {first_line(exc)}") from None
         out = result.as_numpy(OUTPUT_NAME)
         if out is None or out.shape != (batch.shape[0], 1, self.image_size, self.image_size):
             got = None if out is None else out.shape
@@ -171,11 +171,6 @@ class TritonBackend(Backend):
         client, self.client = getattr(self, "client", None), None
         if client is not None:
             client.close()
-
-
-def _first_line(exc: BaseException) -> str:
-    text = str(exc).strip()
-    return text.splitlines()[0] if text else type(exc).__name__
 
 
 __all__ = ["TritonBackend", "is_triton_url", "parse_url"]

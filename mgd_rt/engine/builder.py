@@ -19,7 +19,20 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
-from mgd_rt.build.library import (
+from mgd_rt.artifacts import (
+    PRECISIONS,
+    SIDECAR_FORMAT,
+    SIDECAR_VERSION,
+    check_output_path,
+    engine_path,
+    file_sha256,
+    sidecar_path,
+    write_atomic,
+    write_engine,
+)
+from mgd_rt.contract import INPUT_NAME, OUTPUT_NAME
+from mgd_rt.errors import MgdRtError, first_line
+from mgd_rt.runtime.tensorrt_library import (
     HARDWARE_COMPATIBILITY,
     RTX_TARGETS,
     GpuInfo,
@@ -27,20 +40,9 @@ from mgd_rt.build.library import (
     current_gpu,
     import_library,
 )
-from mgd_rt.build.sidecar import (
-    SIDECAR_FORMAT,
-    SIDECAR_VERSION,
-    file_sha256,
-    sidecar_path,
-    temp_beside,
-    write_artifact,
-)
-from mgd_rt.contract import INPUT_NAME, OUTPUT_NAME
-from mgd_rt.errors import MgdRtError
 
 log = logging.getLogger("mgd_rt")
 
-PRECISIONS = ("fp32", "fp16", "int8")
 # the optimisation profile when --batch is left out of a dynamic-batch graph: batch 1 tuned,
 # up to 4 (the runtime's --batch-size); a fixed-batch graph's profile is its batch
 DEFAULT_PROFILE = (1, 1, 4)
@@ -64,14 +66,6 @@ def parse_profile(text: str) -> tuple[int, int, int]:
     if not 1 <= lo <= opt <= hi:
         raise MgdRtError(f"--batch {text}: a profile needs 1 <= MIN <= OPT <= MAX (got {lo}:{opt}:{hi})")
     return lo, opt, hi
-
-
-def default_engine_path(onnx_path: Path, precision: str) -> Path:
-    """model.onnx / model.fp16.onnx -> model.<precision>.engine beside the graph."""
-    stem = onnx_path.stem
-    for p in PRECISIONS:
-        stem = stem.removesuffix(f".{p}")
-    return onnx_path.with_name(f"{stem}.{precision}.engine")
 
 
 @dataclass
@@ -107,8 +101,7 @@ def read_graph(onnx_path: str | Path) -> tuple[GraphInfo, Any]:
     try:
         model = onnx.load(str(path))
     except Exception as exc:  # protobuf's DecodeError and onnx's own errors
-        first = (str(exc).strip().splitlines() or [type(exc).__name__])[0]
-        raise MgdRtError(f"{path}: not an ONNX graph ({first})") from None
+        raise MgdRtError(f"{path}: not an ONNX graph ({first_line(exc)})") from None
     if not model.graph.node or not model.graph.input:
         raise MgdRtError(f"{path}: not an ONNX graph (no nodes or inputs); pass a graph from mgd-rt export")
     inputs = {i.name: i for i in model.graph.input}
@@ -221,20 +214,6 @@ def _progress_monitor(trt):
                 log.info("build: %s done in %.1f s", phase_name, time.perf_counter() - self.started[phase_name])
 
     return Progress()
-
-
-def _check_output(output: Path, onnx_path: Path) -> None:
-    parent = output.parent
-    if output.suffix != ".engine":
-        raise MgdRtError(f"{output}: the engine name must end in .engine")
-    if output.resolve() == onnx_path.resolve():
-        raise MgdRtError(f"{output}: would overwrite the source graph")
-    if not parent.is_dir():
-        raise MgdRtError(f"{output}: output folder {parent} does not exist")
-    if not os.access(parent, os.W_OK):
-        raise MgdRtError(f"{output}: output folder {parent} is not writable")
-    if output.is_dir():
-        raise MgdRtError(f"{output}: is a folder")
 
 
 def _parse_targets(targets: str | list[str] | None) -> list[str]:
@@ -358,8 +337,8 @@ def build_engine(
     if version_compatible and not hasattr(trt.BuilderFlag, "VERSION_COMPATIBLE"):
         raise MgdRtError(f"--version-compatible: {lib.describe()} has no version-compatible builds")
 
-    output = Path(output) if output is not None else default_engine_path(onnx_path, precision)
-    _check_output(output, onnx_path)
+    output = Path(output) if output is not None else engine_path(onnx_path, precision)
+    check_output_path(output, ".engine", onnx_path, what="engine")
     if timing_cache is not None:
         timing_cache = Path(timing_cache)
         if not timing_cache.parent.is_dir() or not os.access(timing_cache.parent, os.W_OK):
@@ -468,7 +447,7 @@ def build_engine(
         inputs = io(network.get_input(i) for i in range(network.num_inputs))
         outputs = io(network.get_output(i) for i in range(network.num_outputs))
 
-        from mgd_rt import __version__
+        from mgd_rt.version import __version__
 
         sidecar: dict[str, Any] = {
             "format": SIDECAR_FORMAT,
@@ -511,19 +490,14 @@ def build_engine(
             **(sidecar_extra or {}),
         }
         t0 = time.perf_counter()
-        write_artifact(output, memoryview(engine), sidecar)
+        write_engine(output, memoryview(engine), sidecar)
         if cache is not None:
-            tmp = temp_beside(timing_cache)
-            try:
-                tmp.write_bytes(memoryview(cache.serialize()))
-                os.replace(tmp, timing_cache)
-            finally:
-                tmp.unlink(missing_ok=True)
+            write_atomic(timing_cache, memoryview(cache.serialize()))
         seconds["save"] = time.perf_counter() - t0
     result = BuildResult(output, sidecar_path(output), sidecar, engine.nbytes, seconds)
     log.info("wrote %s (%.1f MB) in %.1f s", output, engine.nbytes / 1e6, time.perf_counter() - t_start)
     return result
 
 
-__all__ = ["BuildResult", "DEFAULT_PROFILE", "GraphInfo", "PRECISIONS", "build_engine", "default_engine_path",
+__all__ = ["BuildResult", "DEFAULT_PROFILE", "GraphInfo", "PRECISIONS", "build_engine",
            "parse_profile", "read_graph"]

@@ -13,10 +13,12 @@ import os
 from pathlib import Path
 from typing import Any
 
-from mgd_rt.build.builder import DEFAULT_PROFILE, build_engine, parse_profile, read_graph
-from mgd_rt.build.library import GpuInfo, current_gpu, import_library
-from mgd_rt.build.sidecar import read_sidecar, sidecar_path
+from mgd_rt.artifacts import read_sidecar, sidecar_path
+from mgd_rt.engine.builder import DEFAULT_PROFILE, build_engine, parse_profile, read_graph
 from mgd_rt.errors import MgdRtError
+from mgd_rt.runtime.backends import register_converter
+from mgd_rt.runtime.backends.tensorrt_backend import cuda_index
+from mgd_rt.runtime.tensorrt_library import GpuInfo, current_gpu, import_library
 
 log = logging.getLogger("mgd_rt")
 
@@ -99,4 +101,14 @@ def cached_engine(
     return engine
 
 
-__all__ = ["CACHE_ENV", "cache_dir", "cache_key", "cached_engine"]
+def engine_for_graph(onnx_path: Path, dtype: str | None, device: str | None) -> Path:
+    """The runtime's converter for an .onnx on the tensorrt backend: the cached engine for that GPU."""
+    return cached_engine(onnx_path, precision=dtype, gpu=current_gpu(cuda_index(device)))
+
+
+def enable_engine_cache() -> None:
+    """Let the runtime open an .onnx on the tensorrt backend: built once through the cache, then reused."""
+    register_converter("tensorrt", ".onnx", engine_for_graph)
+
+
+__all__ = ["CACHE_ENV", "cache_dir", "cache_key", "cached_engine", "enable_engine_cache", "engine_for_graph"]

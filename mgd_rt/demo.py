@@ -15,9 +15,10 @@ from pathlib import Path
 from PIL import Image
 
 from mgd_rt.errors import MgdRtError
+from mgd_rt.runtime.image_io import save_image
+from mgd_rt.runtime.samples import DEMO_PHOTOS, sample_photos
 
 log = logging.getLogger("mgd_rt")
-DEMO_PHOTOS = ("astronaut", "coffee", "chelsea", "rocket")
 
 
 @dataclass
@@ -40,10 +41,8 @@ def demo(
     photos: int = len(DEMO_PHOTOS),
 ) -> DemoReport:
     """Run the demo into ``outdir`` (model.onnx, photos/, overlays/) and return its report."""
-    try:
-        from skimage import data
-    except ImportError:
-        raise MgdRtError("the demo's photos come from scikit-image: pip install scikit-image") from None
+    names = DEMO_PHOTOS[: max(1, photos)]
+    samples = sample_photos(names, hint="the demo's photos come from it")
     try:
         from mgd_rt.export import export_onnx
     except ImportError as exc:
@@ -55,9 +54,8 @@ def demo(
 
     outdir = Path(outdir)
     (outdir / "photos").mkdir(parents=True, exist_ok=True)
-    names = DEMO_PHOTOS[: max(1, photos)]
-    for name in names:
-        Image.fromarray(getattr(data, name)()).save(outdir / "photos" / f"{name}.png")
+    for name, rgb in samples:
+        save_image(Image.fromarray(rgb), outdir / "photos" / f"{name}.png", "PNG")
 
     t0 = time.perf_counter()
     exported = export_onnx(checkpoint, variant, image_size, output=outdir / "model.onnx", verify_graph=False)
@@ -66,7 +64,7 @@ def demo(
     model = load_model(checkpoint, variant=variant, image_size=exported.image_size)
     torch_seg = Segmenter(model, device="cpu")
     ort_seg = Segmenter(exported.path, device="cpu")
-    photo = getattr(data, names[0])()
+    photo = samples[0][1]
     for seg in (torch_seg, ort_seg):  # warm-up: first calls pay for allocation and kernel choice
         next(iter(seg.stream([photo])))
     t0 = time.perf_counter()
