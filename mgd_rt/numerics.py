@@ -1,6 +1,6 @@
 """How "the same" is measured: comparisons of mask logits, and every tolerance, stated once.
 
-Measures (design.md): max |delta logit|, max |delta| / std(reference), MAE of the sigmoid
+Measures: max |delta logit|, max |delta| / std(reference), MAE of the sigmoid
 masks, mask IoU at 0.5, and the IoU of the reference's top 10% (threshold at the reference's
 90th percentile, applied to both). Untrained weights put many pixels near one logit value, so
 a 0.5 mask is empty or decided by noise; tolerances on IoU use the top-10% IoU, and two empty

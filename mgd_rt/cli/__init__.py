@@ -50,8 +50,8 @@ def configure_logging(verbose: bool = False, quiet: bool = False) -> None:
     """mgd-rt's own messages at INFO (DEBUG with -v, WARNING with -q); other libraries' loggers (onnxslim,
     onnxscript, ModelOpt, Ray) only say warnings unless -v: their INFO chatter is not for users."""
     level = logging.DEBUG if verbose else logging.WARNING if quiet else logging.INFO
-    logging.basicConfig(level=logging.DEBUG if verbose else logging.WARNING, format="mgd-rt: %(message)s",
-                        stream=sys.stderr)
+    logging.basicConfig(format="mgd-rt: %(message)s", stream=sys.stderr)
+    logging.getLogger().setLevel(logging.DEBUG if verbose else logging.WARNING)
     logging.getLogger("mgd_rt").setLevel(level)
 
 

@@ -126,7 +126,7 @@ class MCEM(nn.Module):
 def mcem_code_grid(model: nn.Module, size: int | None) -> Iterator[nn.Module]:
     """Every MCEM of ``model`` derives its sine code from the grid of input size ``size``; restored on exit.
 
-    The authors' TTA quirk (architecture doc): their MCEM keeps the code of its first call, at
+    The authors' TTA quirk: their MCEM keeps the code of its first call, at
     0.75S in their TTA run, and bicubic-resizes it for every size. MCEM's image grid is
     (size/16, size/16): each S/2 view has a stride-16 embedding of S/32, and MCEM joins 2 x 2 of
     them. ``size`` None keeps the default (the code at each call's own size).
