@@ -1,6 +1,7 @@
 """Build a TensorRT / TensorRT-RTX engine: the same flags and library call as ``mgd-rt build``.
 
-    python export/build_trt.py model.onnx [--fp16 | --int8 [--calib-images DIR]] [--batch MIN:OPT:MAX]
+    python export/build_trt.py model.onnx [--fp16 | --int8 [--calib-images DIR [-n 64] [--method max] ...]]
+                               [--batch MIN:OPT:MAX]
                                [--workspace GiB] [--timing-cache FILE] [--opt-level 0-5]
                                [--rtx [--target sm86,sm89,sm120]] [-o model.<prec>.engine]
 """

@@ -16,7 +16,7 @@ import pytest
 from onnx import TensorProto, helper
 
 from mgd_rt.artifacts import SIDECAR_KEYS, file_sha256, read_sidecar, sidecar_path
-from mgd_rt.engine import build_engine, cache_dir, cached_engine
+from mgd_rt.engine import DEFAULT_PROFILE, build_engine, cache_dir, cached_engine, read_graph, resolve_profile
 from mgd_rt.errors import MgdRtError
 from mgd_rt.runtime.tensorrt_library import GpuInfo
 
@@ -116,6 +116,111 @@ def test_int8_engine_from_calibration(tiny_onnx, tmp_path):
     assert result.sidecar["precision"] == "int8" and "calibrated" in result.sidecar["source"]["derived"]
     assert result.sidecar["source"]["precision"] == "fp32"
     print("\n".join(result.lines()))
+
+
+def _calibration_folder(folder: Path, names: tuple[str, ...] = ("astronaut", "coffee")) -> Path:
+    """A folder of scikit-image photos as PNG: fewer than calibrate's default 64."""
+    from PIL import Image
+    from skimage import data
+
+    folder.mkdir()
+    for name in names:
+        Image.fromarray(getattr(data, name)()).save(folder / f"{name}.png")
+    return folder
+
+
+@needs_rtx
+def test_int8_engine_via_cli_with_few_images(tiny_onnx, tmp_path, capsys):
+    """`mgd-rt build --int8 --calib-images DIR` on 2 images: refused with "pass -n 2", which `build` takes."""
+    from mgd_rt.cli import main
+
+    images = _calibration_folder(tmp_path / "calib")
+    engine = tmp_path / "tiny.int8.engine"
+    flags = ["build", str(tiny_onnx), "--int8", "--calib-images", str(images), "--rtx", "--target", "sm89",
+             "--opt-level", "0", "-o", str(engine)]
+    assert main(flags) == 1
+    assert "pass -n 2" in capsys.readouterr().err and not engine.exists()
+    assert main([*flags, "-n", "2", "--method", "max", "--seed", "1"]) == 0
+    side = read_sidecar(engine)
+    assert side["precision"] == "int8" and "calibrated" in side["source"]["derived"]
+    assert "done: engine built" in capsys.readouterr().out
+
+
+def test_build_cli_passes_the_calibration_group(tmp_path, monkeypatch, capsys):
+    """`build` and `calibrate` share the calibration group; `build` hands it to build_engine, and refuses
+    it without --calib-images (nothing would be calibrated)."""
+    import argparse
+
+    import mgd_rt.engine
+    from mgd_rt.cli import build_parser, main
+    from mgd_rt.cli.build import add_build_arguments
+    from mgd_rt.cli.calibrate import add_calibrate_arguments
+
+    shared = {"num_images", "method", "exclude", "default_exclusions", "seed", "cache"}
+    for add in (add_build_arguments, add_calibrate_arguments):
+        parser = argparse.ArgumentParser()
+        add(parser)
+        (group,) = [g for g in parser._action_groups if g.title == "calibration"]
+        assert shared <= {a.dest for a in group._group_actions}
+    seen: dict = {}
+
+    class Built:
+        sidecar: dict = {}
+
+        def lines(self) -> list[str]:
+            return ["built"]
+
+    def fake_build(onnx_path, **kwargs):
+        seen.update(kwargs, onnx=onnx_path)
+        return Built()
+
+    monkeypatch.setattr(mgd_rt.engine, "build_engine", fake_build)
+    sub = build_parser()._subparsers._group_actions[0].choices["build"]
+    args = sub.parse_args(["g.onnx", "--int8", "--calib-images", "photos", "-n", "2", "--method", "entropy",
+                           "--exclude", "op:Resize", "--exclude", "mask", "--no-default-exclusions", "--seed", "3",
+                           "--no-cache", "--target", "sm89"])
+    assert args.target == "sm89"  # build's --target stays the compute capabilities
+    assert args.func(args) == 0
+    assert seen["calib_images"] == "photos" and seen["targets"] == "sm89"
+    assert seen["calibration_options"] == {"num_images": 2, "method": "entropy", "exclude": ("op:Resize", "mask"),
+                                           "default_exclusions": False, "seed": 3, "cache": False}
+    assert main(["build", "g.onnx", "--int8", "--calib-images", "photos"]) == 0
+    assert seen["calibration_options"] == {"num_images": 64, "method": "max", "exclude": (),
+                                           "default_exclusions": True, "seed": 0, "cache": True}
+    capsys.readouterr()
+    assert main(["build", "g.int8.onnx", "--int8", "-n", "2"]) == 1
+    err = capsys.readouterr().err.strip().splitlines()
+    assert len(err) == 1 and "only apply with --int8 --calib-images DIR" in err[0]
+
+
+def test_profile_resolution(tmp_path):
+    """One function resolves --batch for build_engine and cached_engine: the default, N, MIN:OPT:MAX, fixed."""
+    dynamic, _ = read_graph(one_conv_graph(tmp_path / "d.onnx"))
+    fixed, _ = read_graph(one_conv_graph(tmp_path / "f.onnx", batch=2))
+    assert resolve_profile(dynamic, None) == DEFAULT_PROFILE == (1, 1, 4)
+    assert resolve_profile(dynamic, "3") == (3, 3, 3)
+    assert resolve_profile(dynamic, (1, 2, 8)) == resolve_profile(dynamic, "1:2:8") == (1, 2, 8)
+    assert resolve_profile(fixed, None) == resolve_profile(fixed, "2") == (2, 2, 2)
+    with pytest.raises(MgdRtError, match="fixed batch of 2, so the profile can only be 2:2:2"):
+        resolve_profile(fixed, "1:2:4")
+    with pytest.raises(MgdRtError, match="1 <= MIN <= OPT <= MAX"):
+        resolve_profile(dynamic, (4, 2, 1))
+
+
+@needs_rtx
+def test_build_and_cache_resolve_the_profile_alike(tmp_path):
+    """A fixed-batch graph: the cache keys and builds its batch; a wrong --batch is the same error in both."""
+    fixed = one_conv_graph(tmp_path / "fixed.onnx", batch=2)
+    gpu = GpuInfo("NVIDIA GeForce RTX 4090", "8.9")
+    engine = cached_engine(fixed, cache=tmp_path / "cache", library="tensorrt_rtx", gpu=gpu, opt_level=0)
+    side = read_sidecar(engine)
+    assert side["cache_key"]["profile"] == side["build"]["flags"]["batch"] == "2:2:2"
+    messages = []
+    for build in (build_engine, cached_engine):
+        with pytest.raises(MgdRtError) as info:
+            build(fixed, batch="1:2:4", library="tensorrt_rtx", gpu=gpu)
+        messages.append(str(info.value))
+    assert messages[0] == messages[1] and "can only be 2:2:2" in messages[0]
 
 
 def test_bad_inputs_are_one_line_errors_and_write_nothing(tmp_path):

@@ -141,12 +141,10 @@ def test_atomic_write_leaves_nothing_on_error(tmp_path):
 
 def test_infer_outputs_and_exports_are_readable_by_others(tmp_path, tiny_onnx_copy, umask_022):
     """Every file mgd-rt infer writes (and the exported graph) gets the umask's mode, not mkstemp's 0600."""
+    from onnx import TensorProto, helper
     from PIL import Image
 
     from mgd_rt.cli import main
-
-    from onnx import TensorProto, helper
-
     from mgd_rt.export import save_graph
 
     identity = helper.make_graph([helper.make_node("Identity", ["x"], ["y"])], "g",

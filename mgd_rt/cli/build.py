@@ -1,13 +1,18 @@
 """``mgd-rt build``: ONNX graph -> TensorRT / TensorRT-RTX engine + JSON sidecar.
 
 ``python export/build_trt.py`` builds its parser with ``add_build_arguments`` and calls ``run``,
-so both take identical flags; flags mean what trtexec users expect.
+so both take identical flags; flags mean what trtexec users expect. ``--int8 --calib-images DIR``
+calibrates on the fly with ``mgd-rt calibrate``'s calibration flags (-n, --method, ...), shared
+through ``add_calibration_options``.
 """
 
 from __future__ import annotations
 
 import argparse
 import json
+
+from mgd_rt.cli.options import CALIBRATION_DEFAULTS, add_calibration_options, calibration_options
+from mgd_rt.errors import MgdRtError
 
 DESCRIPTION = (
     "Build a TensorRT (or TensorRT-RTX) engine from an mgd-rt ONNX graph: image float32 (B, 3, S, S) -> "
@@ -24,7 +29,8 @@ def add_build_arguments(parser: argparse.ArgumentParser) -> None:
                            help="FP16 engine (from the FP16 graph, made on the fly from an FP32 one)")
     precision.add_argument("--int8", dest="precision", action="store_const", const="int8",
                            help="INT8 engine from a Q/DQ graph (or calibrate one with --calib-images)")
-    parser.add_argument("--calib-images", metavar="DIR", help="with --int8 on an FP32 graph: calibrate on these")
+    add_calibration_options(parser, images_flag="--calib-images",
+                            images_help="with --int8 on an FP32 graph: calibrate on these", placement=False)
     parser.add_argument("--batch", metavar="MIN:OPT:MAX",
                         help="optimisation profile for the batch (default: 1:1:4; a fixed-batch graph: its batch)")
     parser.add_argument("--workspace", type=float, metavar="GiB", help="builder workspace limit (default: the GPU's)")
@@ -51,6 +57,11 @@ def register(subparsers: argparse._SubParsersAction) -> None:
 def run(args: argparse.Namespace) -> int:
     from mgd_rt.engine import build_engine
 
+    options = calibration_options(args, placement=False)
+    if args.calib_images is None and options != {k: CALIBRATION_DEFAULTS[k] for k in options}:
+        # without --calib-images nothing is calibrated: a calibration flag would be silently ignored
+        raise MgdRtError("-n, --method, --exclude, --no-default-exclusions, --seed and --no-cache "
+                         "only apply with --int8 --calib-images DIR")
     result = build_engine(
         args.onnx,
         precision=args.precision,
@@ -64,6 +75,7 @@ def run(args: argparse.Namespace) -> int:
         targets=args.target,
         version_compatible=args.version_compatible,
         hardware_compatibility=args.hardware_compatibility,
+        calibration_options=options,
     )
     print(json.dumps(result.sidecar, indent=2) if args.json else "\n".join(result.lines()))
     return 0

@@ -11,6 +11,8 @@ import json
 import time
 from pathlib import Path
 
+from mgd_rt.cli.options import add_calibration_options, calibration_options
+
 DESCRIPTION = (
     "Quantize an FP32 graph from mgd-rt export to INT8 (explicit QuantizeLinear/DequantizeLinear, "
     "per-channel weights) with NVIDIA ModelOpt, calibrated on images pre-processed exactly as the "
@@ -20,29 +22,8 @@ DESCRIPTION = (
 
 
 def add_calibrate_arguments(parser: argparse.ArgumentParser) -> None:
-    from mgd_rt.calibration.quantize import METHODS, TARGETS
-
     parser.add_argument("model", help="the FP32 .onnx graph mgd-rt export wrote")
-    group = parser.add_argument_group("calibration")
-    group.add_argument("--images", metavar="DIR",
-                       help="calibration images (folder, searched recursively; any size or format); "
-                       "default: the photos scikit-image ships")
-    group.add_argument("-n", "--num-images", type=int, default=64, metavar="N",
-                       help="images to sample (seeded) from --images (default: 64)")
-    group.add_argument("--method", choices=METHODS, default="max",
-                       help="activation range method (default: max, the most accurate on the seeded and "
-                       "fixture weights; entropy and percentile clip outliers, which trained weights may have)")
-    group.add_argument("--exclude", action="append", default=[], metavar="PATTERN",
-                       help="keep matching nodes in FP32: a regex on node names, or op:TYPE; repeatable "
-                       "(added to the measured defaults)")
-    group.add_argument("--no-default-exclusions", dest="default_exclusions", action="store_false",
-                       help="quantize the layers the sensitivity sweep keeps in FP32 too")
-    group.add_argument("--target", choices=TARGETS, default="tensorrt",
-                       help="Q/DQ placement: tensorrt (ModelOpt, for TensorRT) or cpu (ONNX Runtime's "
-                       "quantizer, for its CPU integer kernels) (default: tensorrt)")
-    group.add_argument("--seed", type=int, default=0, help="sampling seed (default: 0)")
-    group.add_argument("--no-cache", dest="cache", action="store_false",
-                       help="prepare the images again instead of reading the cache")
+    add_calibration_options(parser)
     parser.add_argument("-o", "--output", help="INT8 graph to write (default: <model>.int8.onnx)")
     report = parser.add_argument_group("accuracy report")
     report.add_argument("--holdout", metavar="DIR",
@@ -67,18 +48,7 @@ def run(args: argparse.Namespace) -> int:
     from mgd_rt.calibration import accuracy_report, calibrate
 
     start = time.perf_counter()
-    path = calibrate(
-        args.model,
-        images=args.images,
-        num_images=args.num_images,
-        method=args.method,
-        exclude=tuple(args.exclude),
-        output=args.output,
-        seed=args.seed,
-        default_exclusions=args.default_exclusions,
-        cache=args.cache,
-        target=args.target,
-    )
+    path = calibrate(args.model, images=args.images, output=args.output, **calibration_options(args))
     print(f"wrote {path} ({path.stat().st_size / 1e6:.1f} MB)")
     if not args.make_report:
         print(f"done in {time.perf_counter() - start:.1f} s (no accuracy report)")

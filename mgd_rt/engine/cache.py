@@ -14,7 +14,9 @@ from pathlib import Path
 from typing import Any
 
 from mgd_rt.artifacts import read_sidecar, sidecar_path
-from mgd_rt.engine.builder import DEFAULT_PROFILE, build_engine, parse_profile, read_graph
+from mgd_rt.engine.builder import build_engine
+from mgd_rt.engine.plan import resolve_profile
+from mgd_rt.engine.source import read_graph
 from mgd_rt.errors import MgdRtError
 from mgd_rt.runtime.backends import register_converter
 from mgd_rt.runtime.backends.tensorrt_backend import cuda_index
@@ -41,7 +43,8 @@ def cache_dir(path: str | Path | None = None) -> Path:
 
 def cache_key(graph_sha256: str, library: str, version: str, gpu: GpuInfo, precision: str,
               profile: tuple[int, int, int]) -> dict[str, str]:
-    """Everything an engine is only valid for (design.md: one GPU, one library version)."""
+    """Everything an engine is only valid for: an engine runs only on the GPU model and library version
+    it was built with, for the graph, precision and profile it was built from."""
     return {
         "graph_sha256": graph_sha256,
         "library": f"{library} {version}",
@@ -71,10 +74,7 @@ def cached_engine(
     lib = import_library(library)
     gpu = gpu or current_gpu()
     precision = precision or graph.precision
-    if batch is None:
-        profile = (graph.fixed_batch,) * 3 if graph.fixed_batch else DEFAULT_PROFILE
-    else:
-        profile = parse_profile(batch) if isinstance(batch, str) else parse_profile(":".join(map(str, batch)))
+    profile = resolve_profile(graph, batch)
     key = cache_key(graph.sha256, lib.name, lib.version, gpu, precision, profile)
     folder = cache_dir(cache)
     engine = folder / f"{onnx_path.stem}-{graph.sha256[:12]}.{precision}.engine"
