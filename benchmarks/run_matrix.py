@@ -21,7 +21,6 @@ import importlib.util
 import inspect
 import json
 import logging
-import os
 import re
 import sys
 import time
@@ -32,6 +31,7 @@ sys.path.insert(0, str(HERE.parent))  # the repository, so an uninstalled checko
 
 from mgd_rt.bench import bench  # noqa: E402
 from mgd_rt.errors import MgdRtError  # noqa: E402
+from mgd_rt.machine import cpu_info, default_device, load_average  # noqa: E402
 from mgd_rt.runtime.backends import BACKENDS  # noqa: E402
 
 log = logging.getLogger("mgd_rt")
@@ -40,17 +40,6 @@ log = logging.getLogger("mgd_rt")
 def _slug(text: str) -> str:
     text = re.sub(r"\(r\)|\(tm\)|nvidia|intel|processor|cpu", "", text.lower())
     return re.sub(r"[^a-z0-9]+", "-", text).strip("-") or "unknown"
-
-
-def _device(asked: str | None) -> str:
-    if asked:
-        return asked
-    try:
-        import torch
-
-        return "cuda" if torch.cuda.is_available() else "cpu"
-    except ImportError:
-        return "cpu"
 
 
 def _ort_gpu() -> tuple[bool, str]:
@@ -182,7 +171,7 @@ def main(argv: list[str] | None = None) -> int:
     log.setLevel(logging.INFO)
 
     start = time.perf_counter()
-    device = _device(args.device)
+    device = args.device or default_device()
     cuda = device.startswith("cuda")
     batches = [int(b) for b in (args.batch or ("1,8" if cuda else "1")).split(",")]
     warmup = args.warmup if args.warmup is not None else (10 if cuda else 1)
@@ -224,8 +213,6 @@ def main(argv: list[str] | None = None) -> int:
         models.extend(graphs.values())
     models.extend(_tensorrt(graphs, device, workdir, unavailable))
 
-    from mgd_rt.bench import cpu_info
-
     info = cpu_info()
     name = args.name
     if name is None:
@@ -256,7 +243,7 @@ def main(argv: list[str] | None = None) -> int:
                       "variant": args.variant, "image_size": args.image_size,
                       "weights": args.checkpoint or "seeded UNTRAINED (load_model without a checkpoint)",
                       "wall_s": time.perf_counter() - start,
-                      "load_average_end": list(os.getloadavg()) if hasattr(os, "getloadavg") else None}
+                      "load_average_end": load_average()}
     json_path.write_text(json.dumps(data, indent=1) + "\n")
     md = summary_markdown(data)
     json_path.with_suffix(".md").write_text(md)

@@ -28,6 +28,7 @@ import numpy as np
 from PIL import Image, ImageOps, UnidentifiedImageError
 
 from mgd_rt.errors import MgdRtError
+from mgd_rt.machine import library_version, python_version
 from mgd_rt.runtime.image_io import IMAGE_SUFFIXES
 
 # (key, column title, higher is better) in table order; HCE and MAE are errors
@@ -318,17 +319,13 @@ def environment() -> dict[str, Any]:
     """What produced the numbers: versions, platform, CPU count (torch only if already imported)."""
     from mgd_rt.version import __version__
 
-    env: dict[str, Any] = {"mgd_rt": __version__, "python": sys.version.split()[0], "platform": platform.platform(),
+    env: dict[str, Any] = {"mgd_rt": __version__, "python": python_version(), "platform": platform.platform(),
                            "machine": platform.machine(), "cpu_count": os.cpu_count(), "numpy": np.__version__}
-    for name, module in (("pysodmetrics", "py_sod_metrics"), ("onnxruntime", "onnxruntime"), ("torch", "torch")):
-        if module == "torch" and "torch" not in sys.modules:
-            continue  # never import torch just to report it (the light runtime has none)
-        try:
-            from importlib.metadata import version
-
-            env[name] = version(name)
-        except Exception:  # not installed: leave it out
-            continue
+    # never import torch just to report it (the light runtime has none); a library not installed is left out
+    for name in ("pysodmetrics", "onnxruntime", *(("torch",) if "torch" in sys.modules else ())):
+        found = library_version(name)
+        if found is not None:
+            env[name] = found
     if "torch" in sys.modules:
         torch = sys.modules["torch"]
         env["cuda"] = torch.cuda.get_device_name(0) if torch.cuda.is_available() else None

@@ -1,16 +1,31 @@
-"""Facts about the machine a number was measured on: memory peaks now; CPU, GPU and library facts
-join here from the benchmark (see mgd_rt.bench) so that export, bench and eval report them alike.
+"""Facts about the machine a number was measured on: CPU, GPU, libraries, load and memory peaks,
+so that export, bench and eval report them alike.
 
-Standard library only: the light runtime and every stage may import it.
+Standard library only at import time: the light runtime and every stage may import it; torch and
+ONNX Runtime are imported inside the functions that report on them.
 """
 
 from __future__ import annotations
 
+import os
+import platform
+import re
 import resource
+import subprocess
 import sys
+from importlib import metadata
 from pathlib import Path
+from typing import Any
+
+# the distributions bench's environment lists, installed or not (None when not)
+BENCH_LIBRARIES = ("mgd-rt", "numpy", "pillow", "torch", "torchvision", "onnx", "onnxruntime", "onnxruntime-gpu",
+                   "tensorrt", "tensorrt-rtx", "sam2")
+# what nvidia-smi is asked for, one dict per GPU with these keys
+NVIDIA_SMI_FIELDS = ("index", "name", "driver_version", "pstate", "clocks.sm", "clocks.mem", "clocks.max.sm",
+                     "clocks.max.mem", "power.draw", "power.limit", "temperature.gpu", "memory.total", "pci.bus_id")
 
 
+# ------------------------------------------------------------------------------ memory
 def reset_peak_rss() -> bool:
     """Reset the kernel's peak-RSS counter of this process (Linux >= 4.0); False if not possible."""
     try:
@@ -41,4 +56,127 @@ def peak_rss_mb() -> float:
     return resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / scale / 1024.0
 
 
-__all__ = ["peak_rss_mb", "reset_peak_rss", "status_mb"]
+# ------------------------------------------------------------------------------ processor and load
+def cpu_info() -> dict[str, Any]:
+    """CPU model, flags of interest, logical CPUs usable by this process, clock (/proc/cpuinfo)."""
+    text = ""
+    try:
+        text = Path("/proc/cpuinfo").read_text()
+    except OSError:
+        pass
+
+    def first(key: str) -> str | None:
+        m = re.search(rf"^{key}\s*:\s*(.*)$", text, re.MULTILINE)
+        return m.group(1).strip() if m else None
+
+    model = first("model name") or platform.processor() or "unknown"
+    flags = set((first("flags") or "").split())
+    try:
+        cpus = len(os.sched_getaffinity(0))
+    except AttributeError:  # not Linux
+        cpus = os.cpu_count() or 1
+    ghz, clock_source = None, None
+    m = re.search(r"@\s*([\d.]+)\s*GHz", model)
+    if m:  # the nominal clock in the model name beats the momentary "cpu MHz"
+        ghz, clock_source = float(m.group(1)), "nominal clock in the model name"
+    elif first("cpu MHz"):
+        ghz, clock_source = float(first("cpu MHz")) / 1000.0, "'cpu MHz' in /proc/cpuinfo at start"
+    interesting = sorted(f for f in flags if f.startswith(("avx", "amx", "fma")))
+    return {"model": model, "logical_cpus": cpus, "os_cpu_count": os.cpu_count(), "ghz": ghz,
+            "clock_source": clock_source, "flags": interesting}
+
+
+def load_average() -> list[float] | None:
+    """The 1, 5 and 15 minute load averages; None where the platform has none (Windows)."""
+    return list(os.getloadavg()) if hasattr(os, "getloadavg") else None
+
+
+def python_version() -> str:
+    """The running interpreter's version, e.g. ``3.11.9``."""
+    return sys.version.split()[0]
+
+
+def library_version(dist: str) -> str | None:
+    """The installed version of distribution ``dist`` (without importing it); None if not installed."""
+    try:
+        return metadata.version(dist)
+    except metadata.PackageNotFoundError:
+        return None
+
+
+# ------------------------------------------------------------------------------ GPU
+def default_device() -> str:
+    """``cuda`` where PyTorch sees a usable GPU, else ``cpu`` (also when torch is not installed)."""
+    try:
+        import torch
+
+        if torch.cuda.is_available():
+            return "cuda"
+    except ImportError:
+        pass
+    return "cpu"
+
+
+def nvidia_smi() -> list[dict[str, str]] | str:
+    """GPU name, driver, clocks, power and temperature from ``nvidia-smi``; a reason if unreadable."""
+    fields = list(NVIDIA_SMI_FIELDS)
+    try:
+        out = subprocess.run(["nvidia-smi", f"--query-gpu={','.join(fields)}", "--format=csv,noheader,nounits"],
+                             capture_output=True, text=True, timeout=20, check=True).stdout
+    except (OSError, subprocess.SubprocessError) as exc:
+        return f"nvidia-smi not readable ({type(exc).__name__})"
+    return [dict(zip(fields, (v.strip() for v in line.split(",")), strict=False))
+            for line in out.strip().splitlines() if line.strip()]
+
+
+def _torch_facts(device: str) -> dict[str, Any]:
+    """``torch`` (versions, threads, TF32 switches) and, on a usable CUDA ``device``, ``gpu``; ImportError
+    without torch."""
+    import torch
+
+    facts: dict[str, Any] = {
+        "torch": {"version": torch.__version__, "cuda": torch.version.cuda,
+                  "cudnn": torch.backends.cudnn.version() if torch.backends.cudnn.is_available() else None,
+                  "threads": torch.get_num_threads(), "interop_threads": torch.get_num_interop_threads(),
+                  "tf32_matmul": torch.backends.cuda.matmul.allow_tf32,
+                  "tf32_cudnn": torch.backends.cudnn.allow_tf32}}
+    if device.startswith("cuda") and torch.cuda.is_available():
+        props = torch.cuda.get_device_properties(torch.device(device))
+        facts["gpu"] = {"name": props.name, "capability": f"{props.major}.{props.minor}",
+                        "multiprocessors": props.multi_processor_count,
+                        "memory_gb": round(props.total_memory / 2**30, 2), "nvidia_smi": nvidia_smi()}
+    return facts
+
+
+def environment(device: str) -> dict[str, Any]:
+    """Everything that explains a speed measured on ``device``: machine, libraries, threads, load, GPU facts.
+
+    torch is reported only when already imported or when ``device`` is CUDA, so describing a
+    light-runtime run does not load it.
+    """
+    env: dict[str, Any] = {
+        "python": python_version(),
+        "platform": platform.platform(),
+        "cpu": cpu_info(),
+        "load_average_start": load_average(),
+        "libraries": {d: library_version(d) for d in BENCH_LIBRARIES},
+        "env_threads": {k: os.environ[k] for k in ("OMP_NUM_THREADS", "MKL_NUM_THREADS") if k in os.environ},
+    }
+    if "torch" in sys.modules or device.startswith("cuda"):
+        try:
+            env.update(_torch_facts(device))
+        except ImportError:
+            env["torch"] = None
+    try:
+        import onnxruntime as ort
+
+        # the ORT backend sets intra_op threads to the usable CPU count (runtime/backends)
+        env["onnxruntime"] = {"version": ort.__version__, "providers": ort.get_available_providers(),
+                              "intra_op_threads": os.cpu_count()}
+    except ImportError:
+        env["onnxruntime"] = None
+    return env
+
+
+__all__ = ["BENCH_LIBRARIES", "NVIDIA_SMI_FIELDS", "cpu_info", "default_device", "environment", "library_version",
+           "load_average", "nvidia_smi", "peak_rss_mb", "python_version", "reset_peak_rss", "status_mb"]

@@ -13,9 +13,10 @@ import pytest
 from conftest import TINY_CHECKPOINT
 from PIL import Image
 
-from mgd_rt.bench import GPU_PEAKS, bench, cpu_info, cpu_peak, gpu_peak, synthetic_photo
+from mgd_rt.bench import GPU_PEAKS, bench, cpu_peak, gpu_peak, synthetic_photo
 from mgd_rt.cli import main
 from mgd_rt.errors import MgdRtError
+from mgd_rt.machine import cpu_info
 from mgd_rt.numerics import TOLERANCES
 
 pytest.importorskip("torch")

@@ -17,10 +17,13 @@ def _ints(text: str) -> list[int]:
 
 
 def _dtypes(text: str) -> list[str]:
+    from mgd_rt.runtime.backends import BACKENDS
+
+    allowed = BACKENDS["torch"].dtypes
     values = [v.strip() for v in text.split(",") if v.strip()]
-    bad = [v for v in values if v not in ("fp32", "fp16", "bf16")]
+    bad = [v for v in values if v not in allowed]
     if not values or bad:
-        raise argparse.ArgumentTypeError(f"{text!r}: choose from fp32, fp16, bf16 (comma-separated)")
+        raise argparse.ArgumentTypeError(f"{text!r}: choose from {', '.join(allowed)} (comma-separated)")
     return values
 
 
@@ -69,7 +72,7 @@ def run(args: argparse.Namespace) -> int:
         args.parser.error("--iters must be at least 1")
     if args.seconds is not None and args.seconds <= 0:
         args.parser.error("--seconds must be positive")
-    # a flag left out means the library's default (style.md): only pass what was given
+    # a flag left out means the library's default: only pass what was given
     counts = {k: v for k, v in (("iters", args.iters), ("seconds", args.seconds)) if v is not None}
     report = bench(
         args.models, batches=args.batch, warmup=args.warmup, device=args.device, dtypes=args.dtype,

@@ -1,0 +1,63 @@
+"""FLOPs of one forward pass of a variant at an image size, counted on the PyTorch model."""
+
+from __future__ import annotations
+
+import logging
+import time
+from typing import Any
+
+log = logging.getLogger("mgd_rt")
+
+# per process: a count builds the model, and every backend and precision of a variant shares it
+_FLOPS_CACHE: dict[tuple[str, int], dict[str, Any]] = {}
+
+
+def count_flops(variant: str, image_size: int) -> dict[str, Any]:
+    """FLOPs of one (1, 3, S, S) forward pass, counted once per variant and size.
+
+    FlopCounterMode counts matmuls, convolutions and attention (2 FLOPs per multiply-add) as
+    dispatched by PyTorch; on meta tensors it needs no weights and no compute. Element-wise
+    ops are not counted (they are bandwidth, not FLOPs).
+    """
+    key = (variant, int(image_size))
+    if key in _FLOPS_CACHE:
+        return _FLOPS_CACHE[key]
+    try:
+        import torch
+        from torch.utils.flop_counter import FlopCounterMode
+
+        from mgd_rt.checkpoint import load_model
+    except ImportError as exc:
+        result: dict[str, Any] = {"flops_per_image": None, "error": f"needs torch and the export extra ({exc})"}
+        _FLOPS_CACHE[key] = result
+        return result
+    t0 = time.perf_counter()
+    quiet = logging.getLogger("mgd_rt")
+    level = quiet.level
+    quiet.setLevel(logging.WARNING)  # the "UNTRAINED weights" notice would only be noise here
+    try:
+        model = load_model(variant=variant, image_size=image_size)
+    finally:
+        quiet.setLevel(level)
+    method = "torch.utils.flop_counter.FlopCounterMode, meta tensors"
+    counter = FlopCounterMode(display=False)
+    try:
+        meta = model.to("meta")
+        with torch.inference_mode(), counter:
+            meta(torch.empty(1, 3, image_size, image_size, device="meta"))
+    except Exception as exc:  # a model op without a meta kernel: count on a real CPU pass instead
+        log.debug("FLOPs on meta failed (%s); counting on the CPU", exc)
+        model = load_model(variant=variant, image_size=image_size)
+        method = "torch.utils.flop_counter.FlopCounterMode, CPU forward"
+        counter = FlopCounterMode(display=False)
+        with torch.inference_mode(), counter:
+            model(torch.zeros(1, 3, image_size, image_size))
+    by_op = {str(k): int(v) for k, v in counter.get_flop_counts().get("Global", {}).items()}
+    result = {"flops_per_image": int(counter.get_total_flops()), "gflops_per_image": counter.get_total_flops() / 1e9,
+              "by_op": by_op, "method": method, "torch": torch.__version__,
+              "seconds": time.perf_counter() - t0}
+    _FLOPS_CACHE[key] = result
+    return result
+
+
+__all__ = ["count_flops"]

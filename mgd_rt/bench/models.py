@@ -1,0 +1,109 @@
+"""What bench loads: the plan of runs (model file or variant name x precision), PyTorch models for
+checkpoints and variant names, and the PyTorch FP32 reference the outputs are compared with."""
+
+from __future__ import annotations
+
+from collections.abc import Sequence
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+
+from mgd_rt.errors import MgdRtError
+from mgd_rt.model.variants import VARIANTS  # plain data: planning an .onnx-only run needs no torch
+
+
+@dataclass
+class Run:
+    """One thing to load: a model file or variant, with the precision asked for."""
+
+    model: str
+    kind: str  # torch | other backend name
+    dtype: str | None
+    label: str
+
+
+def is_variant(model: str) -> bool:
+    """Whether ``model`` names a variant (seeded UNTRAINED weights) rather than a file."""
+    return model.lower() in VARIANTS and not Path(model).exists()
+
+
+def plan(models: Sequence[str | Path], dtypes: Sequence[str] | None) -> list[Run]:
+    """One :class:`Run` per model and PyTorch precision; checks that files exist and dtypes are known."""
+    from mgd_rt.runtime.backends import BACKENDS, backend_for
+
+    torch_dtypes = BACKENDS["torch"].dtypes
+    runs = []
+    for model in map(str, models):
+        if is_variant(model):
+            kind = "torch"
+        else:
+            if not Path(model).exists():
+                raise MgdRtError(f"{model}: no such model file; give a checkpoint, an .onnx graph, an engine, "
+                                 f"or a variant name ({', '.join(VARIANTS)}) for seeded UNTRAINED weights")
+            kind = backend_for(model).name
+        name = Path(model).name if not is_variant(model) else f"{model} (untrained)"
+        if kind == "torch":
+            for dtype in dtypes or ("fp32",):
+                if dtype not in torch_dtypes:
+                    raise MgdRtError(f"--dtype {dtype}: PyTorch runs {', '.join(torch_dtypes)}")
+                runs.append(Run(model, kind, dtype, name))
+        else:
+            # a graph or engine computes in the precision it was built in; the backend reads it from the file
+            runs.append(Run(model, kind, None, name))
+    return runs
+
+
+def load_torch_module(model: str, image_size: int | None, compile: bool) -> Any:
+    """The PyTorch model of a checkpoint or variant name (seeded UNTRAINED weights), compiled if asked."""
+    from mgd_rt.checkpoint import load_model
+
+    module = load_model(variant=model, image_size=image_size) if is_variant(model) else \
+        load_model(model, image_size=image_size)
+    if compile:
+        import torch
+
+        module = torch.compile(module)
+    return module
+
+
+def set_tf32(matmul: bool, cudnn: bool | None = None) -> tuple[bool, bool]:
+    """Set PyTorch's TF32 switches (matmul, cuDNN); returns the previous pair."""
+    import torch
+
+    before = torch.backends.cuda.matmul.allow_tf32, torch.backends.cudnn.allow_tf32
+    torch.backends.cuda.matmul.allow_tf32 = matmul
+    torch.backends.cudnn.allow_tf32 = matmul if cudnn is None else cudnn
+    return before
+
+
+class Reference:
+    """PyTorch FP32 logits of the reference model per (photo, size), computed once, TF32 off."""
+
+    def __init__(self, model: str, device: str) -> None:
+        self.model, self.device = model, device
+        self.cache: dict[tuple[str, int], np.ndarray] = {}
+        self.description = ""
+
+    def logits(self, photos: list[tuple[str, np.ndarray]], size: int) -> np.ndarray:
+        """(N, 1, S, S) float32 for ``photos`` (name, (3, S, S) tensor), batch 1 each."""
+        missing = [(n, x) for n, x in photos if (n, size) not in self.cache]
+        if missing:
+            from mgd_rt.runtime.backends.torch_backend import TorchBackend
+
+            module = load_torch_module(self.model, size, False)
+            backend = TorchBackend(module, device=self.device, dtype="fp32", check_inputs=False)
+            self.description = backend.describe()
+            # the reference is FP32: TF32 tensor cores would make it a lower-precision result itself
+            flags = set_tf32(False)
+            try:
+                for name, x in missing:
+                    self.cache[(name, size)] = backend.infer(x[None])[0]
+            finally:
+                set_tf32(*flags)
+                backend.close()
+        return np.stack([self.cache[(n, size)] for n, _ in photos])
+
+
+__all__ = ["Reference", "Run", "is_variant", "load_torch_module", "plan", "set_tf32"]

@@ -1,0 +1,204 @@
+"""The body of a bench run: each planned model loaded once, timed at every batch size, its results
+checked against the reference and recorded, then the report written."""
+
+from __future__ import annotations
+
+import logging
+import time
+import traceback
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+
+from mgd_rt.bench.chart import write_chart
+from mgd_rt.bench.end_to_end import time_end_to_end
+from mgd_rt.bench.flops import count_flops
+from mgd_rt.bench.models import Reference, Run, load_torch_module
+from mgd_rt.bench.peaks import machine_peak, peak_tflops
+from mgd_rt.bench.photos import load_photos
+from mgd_rt.bench.report import BenchReport, BenchResult, relative_speeds
+from mgd_rt.bench.settings import BenchSettings
+from mgd_rt.bench.timing import Clock, time_result
+from mgd_rt.errors import MgdRtError, first_line
+from mgd_rt.machine import environment, load_average, nvidia_smi, peak_rss_mb, reset_peak_rss, status_mb
+
+log = logging.getLogger("mgd_rt")
+
+
+def run_bench(settings: BenchSettings, runs: list[Run], start: float) -> BenchReport:
+    """Time every run of ``runs`` as ``settings`` ask, write the JSON and chart asked for, return the report.
+
+    ``start`` (a ``time.perf_counter()`` value) is when :func:`mgd_rt.bench.bench` was called, so the
+    report's seconds include the validation before this.
+    """
+    env = environment(settings.device)
+    report = BenchReport(settings=settings.as_dict(), environment=env, peak=machine_peak(env, settings.device),
+                         unavailable=list(settings.unavailable))
+    log.info("bench on %s: %d model run(s) x batch %s, warm-up %d, %s", settings.device, len(runs),
+             settings.batches, settings.warmup,
+             f"{settings.iters} iterations" if settings.iters else f"{settings.seconds} s per result")
+    session = _Session(settings, report)
+    for index, run in enumerate(runs):
+        session.bench_model(run)
+        if run.kind == "torch" and all(r.model != run.model for r in runs[index + 1:]):
+            session.modules.pop(run.model, None)  # last use: free it before the next model's memory is measured
+
+    relative_speeds(report.results)
+    if "gpu" in report.environment:  # clocks and temperature after the work, beside those before it
+        report.environment["gpu"]["nvidia_smi_end"] = nvidia_smi()
+    report.environment["load_average_end"] = load_average()
+    report.seconds = time.perf_counter() - start
+    _write(report, settings)
+    log.info("bench: %.1f s", report.seconds)
+    return report
+
+
+def _write(report: BenchReport, settings: BenchSettings) -> None:
+    """The chart (beside the JSON unless given), then the JSON, which names the chart's run."""
+    chart = settings.chart
+    if settings.output is not None:
+        report.json_path = Path(settings.output)
+        chart = chart if chart is not None else report.json_path.with_suffix(".png")
+    if chart is not None:
+        report.chart_path = write_chart(report, chart)
+    if report.json_path is not None:
+        report.write_json(report.json_path)
+
+
+@dataclass
+class _Loaded:
+    """A model loaded for timing, and what each of its batch sizes' results repeats of the load."""
+
+    backend: Any
+    torch_cuda: Any  # torch.cuda for the torch backend on a GPU (its allocator is measured), else None
+    load_s: float
+    rss_reset: bool  # whether the peak-RSS counter could be reset before the load
+    load_peak_mb: float  # the load's own peak (e.g. a checkpoint read next to the model)
+    rss_after_load_mb: float | None
+    tensors: list[tuple[str, np.ndarray]]  # [(photo name, (3, S, S) float32 network input)]
+    flops: dict[str, Any]
+
+
+class _Session:
+    """One bench run in progress: its settings, the report it fills, and what its models share
+    (the clock, the photos, the reference's cached logits, one PyTorch model per file)."""
+
+    def __init__(self, settings: BenchSettings, report: BenchReport) -> None:
+        self.settings, self.report = settings, report
+        self.photos = load_photos(settings.end_to_end, settings.photos)
+        self.reference = Reference(str(settings.reference), settings.device) if settings.reference is not None \
+            else None
+        self.clock = Clock(settings.device)
+        self.modules: dict[str, Any] = {}  # shared by a file's precisions
+
+    def bench_model(self, run: Run) -> None:
+        """Load one model, time it at every batch size, record one BenchResult per batch size."""
+        from mgd_rt.runtime.processing import preprocess
+
+        rss_reset = reset_peak_rss()
+        try:
+            t0 = time.perf_counter()
+            backend, torch_cuda = self._load(run)
+            load_s = time.perf_counter() - t0
+        except Exception as exc:  # recorded, so the other models' numbers survive (traceback at debug level)
+            log.debug("loading %s failed:\n%s", run.model, traceback.format_exc())
+            for b in self.settings.batches:
+                self._record(BenchResult(run.model, run.label, b, backend=run.kind, precision=run.dtype or "",
+                                         status="error", error=f"cannot load: {_failure(exc)}"))
+            return
+
+        load_peak, rss_after_load = peak_rss_mb(), status_mb("VmRSS")
+        size = backend.image_size
+        tensors = [(name, preprocess(img, size, backend.mean, backend.std)) for name, img in self.photos]
+        flops = count_flops(backend.variant, size) if backend.variant != "unknown" else \
+            {"flops_per_image": None, "error": "the graph does not name its variant"}
+        self.report.flops[f"{backend.variant}@{size}"] = flops
+        loaded = _Loaded(backend, torch_cuda, load_s, rss_reset, load_peak, rss_after_load, tensors, flops)
+        try:
+            for b in self.settings.batches:
+                self._bench_batch(run, loaded, b)
+        finally:
+            backend.close()
+
+    def _load(self, run: Run) -> tuple[Any, Any]:
+        """(backend, ``torch.cuda`` for the torch backend on a GPU else None) for ``run``."""
+        settings = self.settings
+        if run.kind != "torch":
+            from mgd_rt.runtime.backends import load_backend
+
+            return load_backend(run.model, device=settings.device, dtype=None, check_inputs=False), None
+        from mgd_rt.runtime.backends.torch_backend import TorchBackend
+
+        if run.model not in self.modules:
+            self.modules[run.model] = load_torch_module(run.model, settings.image_size, settings.compile)
+        backend = TorchBackend(self.modules[run.model], device=settings.device, dtype=run.dtype, check_inputs=False)
+        if not settings.on_cuda:
+            return backend, None
+        import torch
+
+        return backend, torch.cuda
+
+    def _bench_batch(self, run: Run, loaded: _Loaded, b: int) -> None:
+        """Time ``loaded`` at batch size ``b`` and record the result, or the reason it could not run."""
+        backend, size = loaded.backend, loaded.backend.image_size
+        chosen = [loaded.tensors[i % len(loaded.tensors)] for i in range(b)]  # real photos, cycled to fill the batch
+        batch = np.stack([x for _, x in chosen])  # (B, 3, S, S) float32
+        result = BenchResult(run.model, run.label, b, backend=backend.name, device=backend.device,
+                             precision=backend.precision, variant=backend.variant, image_size=size,
+                             trained=backend.trained, load_s=loaded.load_s, inputs=[n for n, _ in chosen])
+        # the FLOPs count and an earlier batch's reference pass must not count as this run's memory
+        reset_peak_rss()
+        try:
+            last = time_result(result, backend, batch, self.settings, self.clock, loaded.torch_cuda)
+        except Exception as exc:
+            log.debug("running %s at batch %d failed:\n%s", run.model, b, traceback.format_exc())
+            result.status, result.error = "error", f"cannot run: {_failure(exc)}"
+            self._record(result)
+            return
+        run_peak = peak_rss_mb()
+        result.memory.update(host_rss_after_load_mb=loaded.rss_after_load_mb, host_peak_rss_load_mb=loaded.load_peak_mb,
+                             host_peak_rss_run_mb=run_peak, host_peak_rss_mb=max(loaded.load_peak_mb, run_peak),
+                             host_peak_rss_scope="max of the load and of this batch size's warm-up + timed calls "
+                             "(VmHWM, reset before each)" if loaded.rss_reset else "process lifetime (ru_maxrss)")
+        result.flops_per_image = loaded.flops.get("flops_per_image")
+        if result.flops_per_image:
+            result.achieved_tflops = result.flops_per_image * result.images_per_s / 1e12
+            result.peak_tflops = peak_tflops(self.report.peak, result.precision)
+            if result.peak_tflops:
+                result.peak_fraction = result.achieved_tflops / result.peak_tflops
+        if self.reference is not None:
+            result.accuracy = _accuracy(self.reference, result, chosen, last)
+        if self.settings.end_to_end:
+            result.end_to_end = time_end_to_end(backend, self.settings.end_to_end, b)
+        self._record(result)
+
+    def _record(self, result: BenchResult) -> None:
+        self.report.results.append(result)
+        if self.settings.on_result:
+            self.settings.on_result(result)
+
+
+def _accuracy(ref: Reference, result: BenchResult, chosen: list[tuple[str, np.ndarray]], out: np.ndarray
+              ) -> dict[str, Any]:
+    """``out`` (B, 1, S, S) against the reference's FP32 logits of the same photos ``chosen``, held to the
+    tolerance of the result's precision (none for a precision without one)."""
+    from mgd_rt.numerics import compare_logits
+
+    expected = ref.logits(chosen, result.image_size)
+    tol = result.precision if result.precision in ("fp32", "fp16", "bf16", "int8") else None
+    cmp = compare_logits(expected, out, tol, f"{result.label} {result.precision} B={result.batch} vs torch fp32")
+    found = cmp.as_dict()
+    found["tolerance"] = vars(cmp.tolerance) if cmp.tolerance is not None else None
+    return {**found, "reference": str(ref.model), "reference_backend": ref.description, "tolerance_key": tol}
+
+
+def _failure(exc: BaseException) -> str:
+    """The reason a result records: a user error's own first line; any other exception's type and first
+    line (nothing after the colon when it has no message), cut at 400 characters."""
+    text = first_line(exc) if str(exc).strip() else ""  # first_line would give the type name again
+    return text if isinstance(exc, MgdRtError) else f"{type(exc).__name__}: {text}"[:400]
+
+
+__all__ = ["run_bench"]
