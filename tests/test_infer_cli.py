@@ -3,6 +3,8 @@ keep/overwrite, atomic outputs, and the light runtime (an .onnx run never import
 
 from __future__ import annotations
 
+import argparse
+import importlib
 import subprocess
 import sys
 from pathlib import Path
@@ -141,6 +143,48 @@ def test_tile_reports_windows(toy, tmp_path, capsys):
     assert main(["infer", str(toy), str(tmp_path / "wide.png"), "-o", str(tmp_path / "o"), "--tile"]) == 0
     assert "windows run 8/8" in capsys.readouterr().out  # 40x90 at native scale: 2 x 4 windows of 32
     assert Image.open(tmp_path / "o" / "wide.png").size == (90, 40)
+
+
+def test_dtype_int8_is_offered_and_the_graph_decides(toy, tmp_path, capsys):
+    """--dtype int8 gets past argparse; an FP32 graph refuses it in one line (exit 1), an INT8 graph runs."""
+    Image.fromarray(_photo(20, 30)).save(tmp_path / "p.png")
+    assert main(["infer", str(toy), str(tmp_path / "p.png"), "-o", str(tmp_path / "a"), "--dtype", "int8"]) == 1
+    err = capsys.readouterr().err.strip().splitlines()
+    assert len(err) == 1 and "--dtype int8: toy.onnx is a fp32 graph" in err[0] and "leave --dtype out" in err[0]
+    assert not (tmp_path / "a" / "p.png").exists()
+    int8 = make_toy_onnx(tmp_path / "toy.int8.onnx", precision="int8")
+    assert main(["infer", str(int8), str(tmp_path / "p.png"), "-o", str(tmp_path / "b"), "--dtype", "int8"]) == 0
+    assert "int8" in capsys.readouterr().out and (tmp_path / "b" / "p.png").is_file()
+
+
+def _subcommand(module: str, name: str) -> argparse.ArgumentParser:
+    """The parser ``mgd_rt.cli.<module>.register`` adds, on its own."""
+    subparsers = argparse.ArgumentParser(prog="mgd-rt").add_subparsers()
+    importlib.import_module(f"mgd_rt.cli.{module}").register(subparsers)
+    return subparsers.choices[name]
+
+
+def test_cli_choices_are_the_tables():
+    from mgd_rt.model.variants import VARIANTS
+    from mgd_rt.runtime.backends import BACKENDS
+    from mgd_rt.runtime.outputs import FORMATS
+    from mgd_rt.runtime.tta import TTA_MODES
+    from mgd_rt.serve.triton_repo import INSTANCE_KINDS
+
+    def offers(flag: str, values) -> str:
+        return f"[{flag} {{{','.join(values)}}}]"  # how argparse's usage line shows a choice
+
+    dtypes = list(dict.fromkeys(d for spec in BACKENDS.values() for d in spec.dtypes))
+    assert dtypes == ["fp32", "fp16", "bf16", "int8"]
+    infer_usage = _subcommand("infer", "infer").format_usage()
+    for flag, values in (("--dtype", dtypes), ("--backend", ["auto", *BACKENDS]), ("--tta", TTA_MODES),
+                         ("--format", FORMATS)):
+        assert offers(flag, values) in infer_usage, flag
+    eval_usage = _subcommand("eval", "eval").format_usage()
+    assert offers("--dtype", dtypes) in eval_usage and offers("--tta", TTA_MODES) in eval_usage
+    for module in ("smoke", "export", "demo"):
+        assert offers("--variant", VARIANTS) in _subcommand(module, module).format_usage(), module
+    assert offers("--instance-kind", INSTANCE_KINDS) in _subcommand("triton_repo", "triton-repo").format_usage()
 
 
 _NO_TORCH = """

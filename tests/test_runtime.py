@@ -14,7 +14,7 @@ from runtime_helpers import make_toy_onnx, toy_logits
 from mgd_rt.errors import MgdRtError
 from mgd_rt.numerics import compare_logits
 from mgd_rt.runtime import Segmenter, load_backend
-from mgd_rt.runtime.backends import backend_for
+from mgd_rt.runtime.backends import Backend, backend_for
 from mgd_rt.runtime.image_io import read_image, save_image
 from mgd_rt.runtime.processing import (
     postprocess,
@@ -234,6 +234,74 @@ def test_static_batch_one_graph_runs_any_batch(tmp_path):
     backend = load_backend(make_toy_onnx(tmp_path / "b1.onnx", batch=1))
     x = RNG.standard_normal((3, 3, 32, 32)).astype(np.float32)
     np.testing.assert_allclose(backend.infer(x), toy_logits(x), atol=1e-5)
+
+
+def test_a_fixed_batch_graph_refuses_another_batch(tmp_path):
+    backend = load_backend(make_toy_onnx(tmp_path / "b2.onnx", batch=2))
+    x = RNG.standard_normal((2, 3, 32, 32)).astype(np.float32)
+    np.testing.assert_allclose(backend.infer(x), toy_logits(x), atol=1e-5)
+    with pytest.raises(MgdRtError, match="this graph takes batches of exactly 2; pass --batch-size 2"):
+        backend.infer(x[:1])
+
+
+def test_ort_sessions_keep_each_callers_options(toy):
+    from mgd_rt.runtime.backends.onnxruntime_backend import ort_session
+
+    # the runtime: every core (ONNX Runtime's own default counts physical cores only), ORT's log level
+    options = load_backend(toy).session.get_session_options()
+    assert (options.intra_op_num_threads, options.log_severity_level) == (os.cpu_count(), -1)
+    # verify / the INT8 report: ORT's thread default or the given count, errors only, CPU only
+    session = ort_session(toy, log_severity=3)
+    options = session.get_session_options()
+    assert (options.intra_op_num_threads, options.log_severity_level) == (0, 3)
+    assert ort_session(toy, 1, log_severity=3).get_session_options().intra_op_num_threads == 1
+    assert session.get_providers() == ["CPUExecutionProvider"]
+    assert str(options.graph_optimization_level).endswith("ORT_ENABLE_ALL")
+
+
+class _Recorder(Backend):
+    """A backend that is only the base class: records the batches it is given, answers zeros."""
+
+    name = "recorder"
+    kind = "thing"
+
+    def __init__(self, fixed_batch: int | None = None, max_batch: int | None = None) -> None:
+        super().__init__()
+        self.image_size, self.fixed_batch, self.max_batch = 8, fixed_batch, max_batch
+        self.calls: list[int] = []
+
+    def run_exact(self, batch: np.ndarray) -> np.ndarray:
+        self.calls.append(batch.shape[0])
+        return np.zeros((batch.shape[0], 1, 8, 8), np.float32) + batch[:, :1].mean(axis=(2, 3), keepdims=True)
+
+
+@pytest.mark.parametrize("fixed, largest, n, calls", [
+    (None, None, 5, [5]), (None, 2, 5, [2, 2, 1]), (None, 4, 4, [4]), (1, None, 3, [1, 1, 1]), (3, None, 3, [3]),
+])
+def test_backend_splits_a_batch_into_what_the_artifact_takes(fixed, largest, n, calls):
+    backend = _Recorder(fixed, largest)
+    x = np.arange(n, dtype=np.float32)[:, None, None, None] * np.ones((1, 3, 8, 8), np.float32)
+    out = backend.infer(x)
+    assert backend.calls == calls
+    np.testing.assert_array_equal(out[:, 0, 0, 0], np.arange(n))  # in order, nothing lost or repeated
+
+
+def test_backend_shared_refusals():
+    backend = _Recorder(fixed_batch=4)
+    with pytest.raises(MgdRtError, match="this thing takes batches of exactly 4; pass --batch-size 4"):
+        backend.infer(np.zeros((2, 3, 8, 8), np.float32))
+    backend.check_io(["image", "extra"], ["mask_logits"], "m")  # extra tensors are fine unless only=True
+    with pytest.raises(MgdRtError, match=r"m: not an mgd-rt thing: needs input 'image' and output 'mask_logits' "
+                                         r"only, has inputs \['extra', 'image'\]"):
+        backend.check_io(["image", "extra"], ["mask_logits"], "m", only=True)
+    with pytest.raises(MgdRtError, match=r"'mask_logits' is FP16; the contract's I/O is float32"):
+        backend.check_float32("m", {"image": "FP32", "mask_logits": "FP16"}, "FP32")
+    backend.check_dtype(None, "m")
+    backend.check_dtype("fp32", "m")
+    with pytest.raises(MgdRtError, match="--dtype int8: m is a fp32 thing; make one, or leave --dtype out"):
+        backend.check_dtype("int8", "m", "make one")
+    with pytest.raises(MgdRtError, match=r"m.onnx: no such ONNX file"):
+        Backend.model_file("m.onnx", "ONNX")
 
 
 # ---------------------------------------------------------------- Segmenter on the toy graph

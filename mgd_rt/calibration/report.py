@@ -15,6 +15,7 @@ from mgd_rt.calibration import data as calib_data
 from mgd_rt.contract import IMAGENET_MEAN, IMAGENET_STD, INPUT_NAME, OUTPUT_NAME
 from mgd_rt.errors import MgdRtError
 from mgd_rt.numerics import TOLERANCES, Comparison, compare_logits
+from mgd_rt.runtime.backends.onnxruntime_backend import ort_session
 from mgd_rt.runtime.samples import HOLDOUT_PHOTOS
 
 log = logging.getLogger("mgd_rt")
@@ -83,18 +84,6 @@ class AccuracyReport:
         return write_json_atomic(path, self.as_dict())
 
 
-def session(path: str | Path, threads: int | None = None):
-    """ONNX Runtime CPU session, full graph optimisation (what the runtime uses)."""
-    import onnxruntime as ort
-
-    options = ort.SessionOptions()
-    options.log_severity_level = 3
-    options.graph_optimization_level = ort.GraphOptimizationLevel.ORT_ENABLE_ALL
-    if threads:
-        options.intra_op_num_threads = threads
-    return ort.InferenceSession(str(path), options, providers=["CPUExecutionProvider"])
-
-
 def _best_ms(sess, x: np.ndarray, runs: int) -> float:
     sess.run([OUTPUT_NAME], {INPUT_NAME: x})  # warm-up: first run allocates and packs weights
     times = []
@@ -138,7 +127,8 @@ def accuracy_report(
     else:
         exclude = calib_data.content_hashes(calibration_images) if calibration_images else None
         held = calib_data.prepare(images, num_images, size, mean, std, exclude=exclude)
-    reference, candidate = session(fp32_path, threads), session(int8_path, threads)
+    # CPU, full graph optimisation (what the runtime uses), ONNX Runtime's errors only
+    reference, candidate = (ort_session(p, threads, log_severity=3) for p in (fp32_path, int8_path))
     report = AccuracyReport(str(fp32_path), str(int8_path), meta, held.names, threads=threads or os.cpu_count())
     for name, x in zip(held.names, held.tensors, strict=True):
         x = x[None]  # (3, S, S) -> (1, 3, S, S)

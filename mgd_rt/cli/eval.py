@@ -5,6 +5,9 @@ from __future__ import annotations
 import argparse
 import sys
 
+from mgd_rt.runtime.backends import DTYPES
+from mgd_rt.runtime.tta import TTA_MODES
+
 
 def register(subparsers: argparse._SubParsersAction) -> None:
     parser = subparsers.add_parser(
@@ -19,14 +22,14 @@ def register(subparsers: argparse._SubParsersAction) -> None:
     parser.add_argument("--images", required=True, metavar="DIR",
                         help="image folder, or a DIS5K folder holding im/ and gt/ (then leave --masks out)")
     parser.add_argument("--masks", metavar="DIR", help="ground-truth folder (single-channel masks, same stems)")
-    parser.add_argument("--tta", choices=["none", "flip", "paper"], default="none",
+    parser.add_argument("--tta", choices=TTA_MODES, default="none",
                         help="test-time augmentation: flip (2 passes) or paper (the authors' protocol, 6 passes; "
                         "a graph needs <name>.s<size>.onnx per scale)")
     parser.add_argument("--tile", action="store_true", help="add the high-resolution window pass")
     parser.add_argument("--batch-size", type=int, default=1, metavar="N", help="images per model call (default: 1)")
     parser.add_argument("--device", default=None, help="cpu, cuda or cuda:N (default: CUDA when usable, else cpu)")
-    parser.add_argument("--dtype", choices=["fp32", "fp16", "bf16"], default=None,
-                        help="torch: autocast precision; .onnx: must match the graph")
+    parser.add_argument("--dtype", choices=DTYPES, default=None,
+                        help="torch: autocast precision; a graph or engine: must match its own precision")
     parser.add_argument("-o", "--output", metavar="JSON", help="write every figure and the environment as JSON")
     parser.add_argument("--csv", metavar="CSV", help="write one row per (model, image)")
     parser.set_defaults(func=run, parser=parser)

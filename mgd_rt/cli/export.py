@@ -44,9 +44,8 @@ def parse_sizes(value: str) -> list[int]:
 
 
 def add_export_arguments(parser: argparse.ArgumentParser) -> None:
-    add_model_options(parser)
     # export alone takes a size list (one graph per size, for --tta paper): widen the shared flag
-    size_flag = next(a for a in parser._actions if a.dest == "image_size")
+    size_flag = add_model_options(parser)
     size_flag.type, size_flag.metavar = parse_sizes, "S[,S...]"
     size_flag.help += "; a list (e.g. 768,1024,1280) writes <name>.s<S>.onnx per size, for --tta paper"
     parser.add_argument("--paper-codes", action="store_true",

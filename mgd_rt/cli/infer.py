@@ -4,7 +4,10 @@ from __future__ import annotations
 
 import argparse
 
-FORMAT_CHOICES = ["matte", "binary", "rgba", "overlay"]  # mgd_rt.runtime.outputs.FORMATS, kept light here
+# the runtime's tables (numpy, Pillow, OpenCV; no torch): choices are read, never copied
+from mgd_rt.runtime.backends import BACKEND_CHOICES, DTYPES
+from mgd_rt.runtime.outputs import FORMATS
+from mgd_rt.runtime.tta import TTA_MODES
 
 
 def register(subparsers: argparse._SubParsersAction) -> None:
@@ -18,18 +21,19 @@ def register(subparsers: argparse._SubParsersAction) -> None:
                         "engine (.engine) or a Triton model: grpc://HOST:PORT/NAME, http://HOST:PORT/NAME")
     parser.add_argument("inputs", metavar="INPUT", nargs="+", help="image files, folders or globs")
     parser.add_argument("-o", "--output", required=True, metavar="OUTDIR", help="output directory")
-    parser.add_argument("--format", choices=FORMAT_CHOICES, default="matte",
+    parser.add_argument("--format", choices=list(FORMATS), default="matte",
                         help="matte: 8-bit probability PNG (default); binary: 0/255 PNG at --threshold; "
                         "rgba: cut-out PNG; overlay: JPEG to judge at a glance")
     parser.add_argument("--threshold", type=float, default=0.5, help="for binary and overlay (default: 0.5)")
     parser.add_argument("--batch-size", type=int, default=1, metavar="N", help="images per model call (default: 1)")
     parser.add_argument("--device", default=None,
                         help="cpu, cuda or cuda:N (default: CUDA when usable, else cpu; the choice is printed)")
-    parser.add_argument("--backend", choices=["auto", "torch", "onnxruntime", "tensorrt", "triton"], default="auto",
+    parser.add_argument("--backend", choices=BACKEND_CHOICES, default="auto",
                         help="default: picked by the model file's suffix; tensorrt on an .onnx builds its engine "
                         "once (engine cache, $MGD_RT_ENGINE_CACHE)")
-    parser.add_argument("--dtype", choices=["fp32", "fp16", "bf16"], default=None,
-                        help="torch: autocast precision (default fp32); .onnx: must match the graph's precision")
+    parser.add_argument("--dtype", choices=DTYPES, default=None,
+                        help="torch: autocast precision (default fp32); a graph, engine or served model runs in "
+                        "its own precision, which --dtype must match")
     parser.add_argument("--recursive", action="store_true", help="descend into sub-folders (and ** in globs)")
     parser.add_argument("--overwrite", action="store_true", help="replace existing outputs (default: keep them)")
     parser.add_argument("--tile", action="store_true",
@@ -37,7 +41,7 @@ def register(subparsers: argparse._SubParsersAction) -> None:
     parser.add_argument("--tile-scale", type=float, default=None, metavar="X",
                         help="resize factor before cutting windows (default: native resolution, long side capped "
                         "at 4 x S)")
-    parser.add_argument("--tta", choices=["none", "flip", "paper"], default="none",
+    parser.add_argument("--tta", choices=TTA_MODES, default="none",
                         help="test-time augmentation: flip (original + mirror, 2 passes) or paper (the authors' "
                         "flip x scales 0.75/1/1.25, 6 passes; a graph needs <name>.s<size>.onnx per scale)")
     ray = parser.add_argument_group("Ray Data (mgd_rt.ray.segment_dataset)")

@@ -3,10 +3,17 @@
 from __future__ import annotations
 
 import argparse
+from typing import Any
 
 
-def add_model_options(parser: argparse.ArgumentParser, checkpoint_flag: bool = True) -> None:
-    """--checkpoint, --variant, --image-size: what load_model takes."""
+def add_model_options(parser: argparse.ArgumentParser, checkpoint_flag: bool = True) -> argparse.Action:
+    """--checkpoint, --variant, --image-size: what load_model takes.
+
+    Returns the --image-size action, for a command that takes more than one size to widen
+    (export: a comma list).
+    """
+    from mgd_rt.model.variants import VARIANTS, Variant  # the variant table: plain data, no torch
+
     group = parser.add_argument_group("model")
     if checkpoint_flag:
         group.add_argument(
@@ -15,14 +22,73 @@ def add_model_options(parser: argparse.ArgumentParser, checkpoint_flag: bool = T
             "without it, seeded UNTRAINED weights",
         )
     group.add_argument(
-        "--variant", choices=["b+", "t", "s", "l", "tiny"],
+        "--variant", choices=list(VARIANTS),
         help="model size; detected from the checkpoint when left out (b+ without one)",
     )
-    group.add_argument(
+    own_sizes = "".join(f", {name} {v.default_image_size}" for name, v in VARIANTS.items()
+                        if v.default_image_size != Variant.default_image_size)
+    return group.add_argument(
         "--image-size", type=int, metavar="S",
-        help="side of the square model input, S/2 a multiple of 32 (default: 1024, tiny 512)",
+        help=f"side of the square model input, S/2 a multiple of 32 (default: {Variant.default_image_size}"
+        f"{own_sizes})",
     )
 
 
 def add_device_option(parser: argparse.ArgumentParser) -> None:
     parser.add_argument("--device", default="cpu", help="cpu, cuda or cuda:N (default: cpu)")
+
+
+# mgd_rt.calibration.calibrate's defaults: shown in --help, and what `build` compares with to tell
+# calibration flags given without --calib-images
+CALIBRATION_DEFAULTS: dict[str, Any] = {
+    "num_images": 64, "method": "max", "exclude": (), "seed": 0, "default_exclusions": True, "cache": True,
+    "target": "tensorrt",
+}
+
+
+def add_calibration_options(
+    parser: argparse.ArgumentParser,
+    images_flag: str = "--images",
+    images_help: str = "calibration images (folder, searched recursively; any size or format); "
+    "default: the photos scikit-image ships",
+    placement: bool = True,
+) -> None:
+    """The "calibration" group: ``images_flag`` DIR and what mgd_rt.calibration.calibrate takes besides
+    the graph and the output (read back with :func:`calibration_options`).
+
+    ``placement`` False leaves out --target (Q/DQ placement tensorrt or cpu): an engine build needs
+    the tensorrt placement, and ``build`` has its own --target (compute capabilities).
+    """
+    from mgd_rt.calibration.quantize import METHODS, TARGETS
+
+    group = parser.add_argument_group("calibration")
+    group.add_argument(images_flag, metavar="DIR", help=images_help)
+    group.add_argument("-n", "--num-images", type=int, default=CALIBRATION_DEFAULTS["num_images"], metavar="N",
+                       help=f"images to sample (seeded) from {images_flag} (default: 64)")
+    group.add_argument("--method", choices=METHODS, default=CALIBRATION_DEFAULTS["method"],
+                       help="activation range method (default: max, the most accurate on the seeded and "
+                       "fixture weights; entropy and percentile clip outliers, which trained weights may have)")
+    group.add_argument("--exclude", action="append", default=[], metavar="PATTERN",
+                       help="keep matching nodes in FP32: a regex on node names, or op:TYPE; repeatable "
+                       "(added to the measured defaults)")
+    group.add_argument("--no-default-exclusions", dest="default_exclusions", action="store_false",
+                       help="quantize the layers the sensitivity sweep keeps in FP32 too")
+    if placement:
+        group.add_argument("--target", choices=TARGETS, default=CALIBRATION_DEFAULTS["target"],
+                           help="Q/DQ placement: tensorrt (ModelOpt, for TensorRT) or cpu (ONNX Runtime's "
+                           "quantizer, for its CPU integer kernels) (default: tensorrt)")
+    group.add_argument("--seed", type=int, default=CALIBRATION_DEFAULTS["seed"], help="sampling seed (default: 0)")
+    group.add_argument("--no-cache", dest="cache", action="store_false",
+                       help="prepare the images again instead of reading the cache")
+
+
+def calibration_options(args: argparse.Namespace, placement: bool = True) -> dict[str, Any]:
+    """The parsed calibration group as keyword arguments of mgd_rt.calibration.calibrate, the images
+    and the output aside; ``placement`` as given to :func:`add_calibration_options`."""
+    options: dict[str, Any] = {
+        "num_images": args.num_images, "method": args.method, "exclude": tuple(args.exclude), "seed": args.seed,
+        "default_exclusions": args.default_exclusions, "cache": args.cache,
+    }
+    if placement:
+        options["target"] = args.target
+    return options

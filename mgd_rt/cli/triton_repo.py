@@ -4,6 +4,8 @@ from __future__ import annotations
 
 import argparse
 
+from mgd_rt.serve.triton_repo import INSTANCE_KINDS
+
 
 def register(subparsers: argparse._SubParsersAction) -> None:
     parser = subparsers.add_parser(
@@ -21,7 +23,7 @@ def register(subparsers: argparse._SubParsersAction) -> None:
     parser.add_argument("--max-batch", type=int, default=None, metavar="N",
                         help="Triton max_batch_size (default: the engine profile's max; 8 for a graph)")
     parser.add_argument("--instances", type=int, default=1, metavar="N", help="model instances (default: 1)")
-    parser.add_argument("--instance-kind", choices=["auto", "gpu", "cpu"], default=None,
+    parser.add_argument("--instance-kind", choices=INSTANCE_KINDS, default=None,
                         help="where instances run (default: gpu for engines, auto for graphs)")
     parser.add_argument("--max-queue-delay-us", type=int, default=None, metavar="US",
                         help="dynamic batcher's wait to fill a batch (default: 2000)")

@@ -37,9 +37,9 @@ KEEP_FP32_OPS: tuple[str, ...] = (
 def full_resolution_convs(model: onnx.ModelProto) -> list[str]:
     """Names of the Conv nodes whose output has the input image's spatial size (the DRM's)."""
     from mgd_rt.contract import INPUT_NAME
-    from mgd_rt.export.graph import _shapes
+    from mgd_rt.export.graph import tensor_shapes
 
-    shapes = _shapes(model)
+    shapes = tensor_shapes(model)
     side = shapes[INPUT_NAME][-1]
     return [
         node.name

@@ -24,7 +24,8 @@ def _static_shape(value_info: onnx.ValueInfoProto) -> list[int | None]:
     return [d.dim_value if d.HasField("dim_value") else None for d in dims]
 
 
-def _shapes(model: onnx.ModelProto) -> dict[str, list[int | None]]:
+def tensor_shapes(model: onnx.ModelProto) -> dict[str, list[int | None]]:
+    """Every tensor's dims after shape inference (graph inputs, intermediates, outputs), None where symbolic."""
     inferred = onnx.shape_inference.infer_shapes(model, strict_mode=False, data_prop=True)
     graph = inferred.graph
     out = {}
@@ -54,7 +55,7 @@ def pin_static_shapes(model: onnx.ModelProto) -> tuple[onnx.ModelProto, int]:
     Concat(Shape(x)[0:1], static dims). Returns the model and the number of rewrites.
     """
     graph = model.graph
-    shapes = _shapes(model)
+    shapes = tensor_shapes(model)
     consts = _constants(graph)
     rewrites = 0
     new_inits: list[onnx.TensorProto] = []

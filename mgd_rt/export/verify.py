@@ -17,6 +17,7 @@ import numpy as np
 from mgd_rt.contract import INPUT_NAME, OUTPUT_NAME
 from mgd_rt.errors import MgdRtError
 from mgd_rt.numerics import Comparison, compare_logits
+from mgd_rt.runtime.backends.onnxruntime_backend import ort_session
 from mgd_rt.runtime.samples import VERIFY_PHOTOS, network_inputs, sample_photos
 
 log = logging.getLogger("mgd_rt")
@@ -50,14 +51,6 @@ class VerifyReport:
             "passed": self.passed,
             "comparisons": [c.as_dict() for c in self.comparisons],
         }
-
-
-def _session(path: Path):
-    import onnxruntime as ort
-
-    options = ort.SessionOptions()
-    options.log_severity_level = 3  # errors only: ORT warns about FP16 Cast placement
-    return ort.InferenceSession(str(path), options, providers=["CPUExecutionProvider"])
 
 
 def verify(
@@ -120,7 +113,7 @@ def verify(
         fixed_batch = engine.max_batch if engine.min_batch == engine.max_batch else None
         run, runner = engine.infer, engine.describe()
     else:
-        session = _session(path)
+        session = ort_session(path, log_severity=3)  # errors only: ORT warns about FP16 Cast placement
         fixed_batch = session.get_inputs()[0].shape[0]
         fixed_batch = fixed_batch if isinstance(fixed_batch, int) else None
         run, runner = (lambda x: session.run([OUTPUT_NAME], {INPUT_NAME: x})[0]), "ONNX Runtime CPU"

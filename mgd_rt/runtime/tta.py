@@ -4,7 +4,7 @@ Modes (``TTA_MODES``):
 - ``none``: one pass.
 - ``flip``: the batch and its horizontal flip in one batch of 2B, logits averaged after the
   flipped half is flipped back. Any backend, one model size.
-- ``paper``: the authors' test protocol (their test.py with ttach; architecture doc): horizontal
+- ``paper``: the authors' test protocol (their test.py with ttach): horizontal
   flip {no, yes} x scale {0.75, 1, 1.25} of the normalised S x S tensor, resized bilinearly with
   align_corners=False and no antialias, so the model runs at 0.75S, S and 1.25S; each output is
   resized back to S x S the same way and unflipped; the six logit maps are averaged.
@@ -106,14 +106,6 @@ def paper_logits(runs: dict[int, Runner], batch: np.ndarray) -> np.ndarray:
     return total / np.float32(len(plain) + len(flipped))
 
 
-def _metadata(backend: Backend) -> dict[str, str]:
-    """The artifact's metadata props (ONNX Runtime session or an engine's sidecar), {} if unknown."""
-    session = getattr(backend, "session", None)
-    if session is not None and hasattr(session, "get_modelmeta"):
-        return dict(session.get_modelmeta().custom_metadata_map)
-    return dict(getattr(backend, "metadata", None) or {})
-
-
 class TTA:
     """Run (B, 3, S, S) normalised batches through ``backend`` with augmentation ``mode``.
 
@@ -151,10 +143,10 @@ class TTA:
         from mgd_rt.model.mcem import mcem_code_grid
 
         backend = self.backend
-        # _run skips the (B, 3, S, S) shape check: the module runs at any size (the batch was
-        # checked at S before scaling)
+        # run_unchecked skips the (B, 3, S, S) shape check: the module runs at any size (the batch
+        # was checked at S before scaling)
         for size in sizes:
-            self._runs[size] = backend._run
+            self._runs[size] = backend.run_unchecked
         self._grid = lambda: mcem_code_grid(backend.model, sizes[0])  # type: ignore[attr-defined]
         self.codes = f"MCEM codes from the {sizes[0]} grid (the authors' quirk)"
 
@@ -188,7 +180,7 @@ class TTA:
                 raise MgdRtError(f"{path}: {other.variant} {other.precision}, but {model_path} is "
                                  f"{base.variant} {base.precision}; export every scale from the same model")
             found[size] = other
-        metas = {size: _metadata(b) for size, b in found.items()}
+        metas = {size: b.metadata for size, b in found.items()}
         shas = {m.get("checkpoint_sha256") for m in metas.values()}
         if len(shas) > 1:
             raise MgdRtError(f"--tta paper: the per-scale artifacts of {model_path} come from different checkpoints")

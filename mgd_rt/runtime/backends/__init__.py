@@ -1,7 +1,7 @@
 """The backend table: which file suffix runs on which backend, and what each allows.
 
-One table drives flag validation and backend selection (style.md). Backends are imported
-only when chosen, so the onnxruntime path never imports torch.
+One table drives flag validation, the CLI's ``--backend`` and ``--dtype`` choices and backend
+selection. Backends are imported only when chosen, so the onnxruntime path never imports torch.
 """
 
 from __future__ import annotations
@@ -31,7 +31,7 @@ class BackendSpec:
 BACKENDS: dict[str, BackendSpec] = {
     "torch": BackendSpec("torch", "mgd_rt.runtime.backends.torch_backend:TorchBackend", ("fp32", "fp16", "bf16"),
                          ("cpu", "cuda")),
-    # an ONNX graph's precision is decided by the graph itself (design.md), --dtype must match it
+    # an ONNX graph's precision is decided by the graph itself (its metadata), --dtype must match it
     "onnxruntime": BackendSpec("onnxruntime", "mgd_rt.runtime.backends.onnxruntime_backend:OnnxRuntimeBackend",
                                ("fp32", "fp16", "int8"), ("cpu", "cuda")),
     # a built .engine (precision is the engine's), or an .onnx built on first use through the engine cache
@@ -42,6 +42,10 @@ BACKENDS: dict[str, BackendSpec] = {
     "triton": BackendSpec("triton", "mgd_rt.runtime.backends.triton_backend:TritonBackend",
                           ("fp32", "fp16", "int8"), ("server",)),
 }
+
+# what the CLI offers, in table order: "auto" (by suffix or URL) or a backend; every --dtype some backend takes
+BACKEND_CHOICES: tuple[str, ...] = ("auto", *BACKENDS)
+DTYPES: tuple[str, ...] = tuple(dict.fromkeys(d for spec in BACKENDS.values() for d in spec.dtypes))
 
 
 # How a file a backend cannot load itself becomes one it can: (backend, suffix) -> converter(path, dtype,
@@ -83,7 +87,7 @@ def backend_for(model: str | Path, backend: str = "auto") -> BackendSpec:
     if backend in ("auto", None):
         return BACKENDS[by_suffix]
     if backend not in BACKENDS:
-        raise MgdRtError(f"unknown backend {backend!r}; choose from auto, {', '.join(BACKENDS)}")
+        raise MgdRtError(f"unknown backend {backend!r}; choose from {', '.join(BACKEND_CHOICES)}")
     if backend != by_suffix:
         raise MgdRtError(f"{model}: a {suffix} file runs on the {by_suffix} backend, not {backend}; "
                          f"pass --backend auto or {by_suffix}")
@@ -118,4 +122,5 @@ def load_backend(
     return cls(model, device=device, dtype=dtype, check_inputs=check_inputs)
 
 
-__all__ = ["BACKENDS", "CONVERTERS", "Backend", "BackendSpec", "backend_for", "load_backend", "register_converter"]
+__all__ = ["BACKENDS", "BACKEND_CHOICES", "CONVERTERS", "DTYPES", "Backend", "BackendSpec", "backend_for",
+           "load_backend", "register_converter"]

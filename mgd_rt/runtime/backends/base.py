@@ -1,13 +1,17 @@
 """The one interface every backend implements: normalised batch in, logits out.
 
-Callers (Segmenter, tiling, bench) only ever use this class, so adding a backend (TensorRT,
-Triton) is one new file and one row in :data:`mgd_rt.runtime.backends.BACKENDS`.
+Callers (Segmenter, tiling, TTA, bench) only ever use this class. The checks every backend
+needs live here once: the input check, the I/O contract of the loaded artifact, the refusal of
+a ``--dtype`` other than the artifact's own precision, and the splitting of a batch into what
+the artifact takes. A backend is one file (a subclass that loads the artifact and implements
+:meth:`Backend.run_exact`) plus one row in :data:`mgd_rt.runtime.backends.BACKENDS`.
 """
 
 from __future__ import annotations
 
 from abc import ABC, abstractmethod
-from collections.abc import Mapping
+from collections.abc import Iterable, Mapping
+from pathlib import Path
 
 import numpy as np
 
@@ -19,11 +23,13 @@ from mgd_rt.errors import MgdRtError
 class Backend(ABC):
     """A loaded model: ``infer`` maps float32 (B, 3, S, S) to float32 (B, 1, S, S) logits.
 
-    Subclasses set the attributes below in ``__init__`` (the load) and implement ``_run``.
-    ``device`` and ``precision`` say what is actually used, never just what was asked.
+    Subclasses call ``super().__init__(check_inputs)``, set the attributes below while loading
+    and implement :meth:`run_exact`. ``device`` and ``precision`` say what is actually used,
+    never just what was asked.
     """
 
     name: str = "base"
+    kind: str = "model"  # what the artifact is called in messages: graph, engine, ...
     image_size: int
     variant: str = "unknown"
     trained: bool | None = None  # None: unknown (e.g. an .onnx without a checkpoint hash)
@@ -33,22 +39,69 @@ class Backend(ABC):
     # the normalisation the model was trained with (an .onnx graph carries its own)
     mean: tuple[float, ...] = IMAGENET_MEAN
     std: tuple[float, ...] = IMAGENET_STD
+    # the batch sizes the artifact takes (None: any): a static batch dimension, or a largest batch
+    # (an engine profile's maximum, a server's max_batch_size); run_unchecked splits to fit them
+    fixed_batch: int | None = None
+    max_batch: int | None = None
+
+    def __init__(self, check_inputs: bool = True) -> None:
+        self.check_inputs = check_inputs
+        self.metadata: dict[str, str] = {}  # the artifact's metadata props, as apply_metadata got them
+
+    # loading -------------------------------------------------------------------------------
+    @staticmethod
+    def model_file(model: str | Path, what: str) -> Path:
+        """``model`` as a Path; MgdRtError naming ``what`` ("ONNX", "engine") when no such file exists."""
+        path = Path(model)
+        if not path.is_file():
+            raise MgdRtError(f"{path}: no such {what} file")
+        return path
 
     def apply_metadata(self, meta: Mapping[str, str]) -> None:
         """Variant, the weights' origin and the normalisation from an artifact's metadata props
         (artifacts.METADATA_KEYS: ONNX metadata, an engine sidecar's copy, Triton parameters)."""
+        self.metadata = dict(meta)
         self.variant = meta.get("variant", "unknown")
         sha = meta.get("checkpoint_sha256")
         self.trained = None if sha is None else sha != "untrained"
         self.mean = metadata_floats(meta.get("mean"), IMAGENET_MEAN)
         self.std = metadata_floats(meta.get("std"), IMAGENET_STD)
 
+    def check_io(self, inputs: Iterable[str], outputs: Iterable[str], source: str, only: bool = False) -> None:
+        """Refuse an artifact without the contract's input ``image`` and output ``mask_logits``
+        (``only``: without exactly those, for runners that bind every I/O tensor)."""
+        have_in, have_out = sorted(inputs), sorted(outputs)
+        if only:
+            fits = (have_in, have_out) == ([INPUT_NAME], [OUTPUT_NAME])
+        else:
+            fits = INPUT_NAME in have_in and OUTPUT_NAME in have_out
+        if not fits:
+            raise MgdRtError(
+                f"{source}: not an mgd-rt {self.kind}: needs input {INPUT_NAME!r} and output {OUTPUT_NAME!r}"
+                f"{' only' if only else ''}, has inputs {have_in} and outputs {have_out}"
+            )
+
+    def check_float32(self, source: str, dtypes: Mapping[str, object], float32: object) -> None:
+        """Refuse I/O tensors whose element type (``dtypes``: name -> the runner's type) is not ``float32``."""
+        wrong = [f"{name!r} is {dtype}" for name, dtype in dtypes.items() if dtype != float32]
+        if wrong:
+            raise MgdRtError(f"{source}: {', '.join(wrong)}; the contract's I/O is float32")
+
+    def check_dtype(self, dtype: str | None, source: str, remedy: str = "") -> None:
+        """Refuse ``--dtype`` other than ``self.precision``: an artifact's precision is its own, and running
+        something else silently would report numbers of another precision. ``remedy``: how to get one,
+        e.g. "export a fp16 graph and pass that file"."""
+        if dtype is not None and dtype != self.precision:
+            fix = f"{remedy}, or leave --dtype out" if remedy else "leave --dtype out"
+            raise MgdRtError(f"--dtype {dtype}: {source} is a {self.precision} {self.kind}; {fix}")
+
+    # running -------------------------------------------------------------------------------
     def infer(self, inputs: Mapping[str, np.ndarray] | np.ndarray) -> np.ndarray:
         """{"image": (B, 3, S, S) float32} or the array itself -> (B, 1, S, S) float32 logits."""
         batch = inputs[INPUT_NAME] if isinstance(inputs, Mapping) else inputs
         if self.check_inputs:
             self.check(batch)
-        return self._run(np.ascontiguousarray(batch, dtype=np.float32))
+        return self.run_unchecked(np.ascontiguousarray(batch, dtype=np.float32))
 
     def check(self, batch: np.ndarray) -> None:
         """Refuse a wrong dtype or shape with a message, before the backend's own crash."""
@@ -60,10 +113,29 @@ class Backend(ABC):
                 f"{self.name}: input {INPUT_NAME!r} must be (B, 3, {s}, {s}), got {tuple(batch.shape)}"
             )
 
-    @abstractmethod
-    def _run(self, batch: np.ndarray) -> np.ndarray:
-        """(B, 3, S, S) float32 C-contiguous -> (B, 1, S, S) float32 ``OUTPUT_NAME`` logits."""
+    def run_unchecked(self, batch: np.ndarray) -> np.ndarray:
+        """(B, 3, s, s) float32 C-contiguous -> (B, 1, s, s) float32, without :meth:`check`.
 
+        For callers that checked the batch themselves or run a model at another size than S
+        (TTA's scales on PyTorch). The batch goes in chunks the artifact takes: one image at a
+        time for a static batch-1 artifact, at most ``max_batch`` images otherwise.
+        """
+        n = batch.shape[0]
+        step = self.max_batch or n
+        if self.fixed_batch is not None and n != self.fixed_batch:
+            if self.fixed_batch != 1:
+                raise MgdRtError(f"this {self.kind} takes batches of exactly {self.fixed_batch}; "
+                                 f"pass --batch-size {self.fixed_batch}")
+            step = 1
+        if n <= step:
+            return self.run_exact(batch)
+        return np.concatenate([self.run_exact(batch[i : i + step]) for i in range(0, n, step)])
+
+    @abstractmethod
+    def run_exact(self, batch: np.ndarray) -> np.ndarray:
+        """(b, 3, s, s) float32 C-contiguous, b a batch the artifact takes -> (b, 1, s, s) float32 logits."""
+
+    # lifetime ------------------------------------------------------------------------------
     def close(self) -> None:
         """Release the model (sessions, GPU memory); the backend is unusable afterwards."""
         return None  # nothing to release by default

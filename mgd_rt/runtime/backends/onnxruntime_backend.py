@@ -10,7 +10,9 @@ from __future__ import annotations
 
 import logging
 import os
+from collections.abc import Sequence
 from pathlib import Path
+from typing import TYPE_CHECKING, Any
 
 import numpy as np
 
@@ -18,15 +20,43 @@ from mgd_rt.contract import INPUT_NAME, OUTPUT_NAME
 from mgd_rt.errors import MgdRtError, first_line
 from mgd_rt.runtime.backends.base import Backend
 
+if TYPE_CHECKING:
+    import onnxruntime
+
 log = logging.getLogger("mgd_rt")
 GPU_PROVIDERS = ("TensorrtExecutionProvider", "CUDAExecutionProvider")
+CPU_PROVIDERS = ("CPUExecutionProvider",)
 
+
+def ort_session(
+    model: str | Path,
+    threads: int | None = None,
+    log_severity: int | None = None,
+    providers: Sequence[str | tuple[str, dict[str, Any]]] = CPU_PROVIDERS,
+) -> onnxruntime.InferenceSession:
+    """An ``onnxruntime.InferenceSession`` of the graph at ``model``, full graph optimisation, on
+    ``providers`` (default: the CPU only).
+
+    ``threads``: intra-op threads (None: ONNX Runtime's default, one per physical core).
+    ``log_severity``: ONNX Runtime's own messages from this level up (3: errors only; None: its default,
+    warnings). Exceptions are ONNX Runtime's own (a caller turns them into its message).
+    """
+    import onnxruntime as ort
+
+    options = ort.SessionOptions()
+    options.graph_optimization_level = ort.GraphOptimizationLevel.ORT_ENABLE_ALL
+    if threads:
+        options.intra_op_num_threads = threads
+    if log_severity is not None:
+        options.log_severity_level = log_severity
+    return ort.InferenceSession(str(model), sess_options=options, providers=list(providers))
 
 
 class OnnxRuntimeBackend(Backend):
     """``model``: path of a graph with input ``image`` (B, 3, S, S) and output ``mask_logits``."""
 
     name = "onnxruntime"
+    kind = "graph"
 
     def __init__(
         self,
@@ -38,9 +68,8 @@ class OnnxRuntimeBackend(Backend):
     ) -> None:
         import onnxruntime as ort
 
-        path = Path(model)
-        if not path.is_file():
-            raise MgdRtError(f"{path}: no such ONNX file")
+        super().__init__(check_inputs)
+        path = self.model_file(model, "ONNX")
         available = ort.get_available_providers()
         device_id = 0
         if device is None:
@@ -57,14 +86,11 @@ class OnnxRuntimeBackend(Backend):
             wanted = []
         else:
             raise MgdRtError(f"--device {device}: the onnxruntime backend runs on cpu or cuda")
-        providers: list = [(p, {"device_id": device_id}) for p in wanted] + ["CPUExecutionProvider"]
-
-        options = ort.SessionOptions()
-        options.graph_optimization_level = ort.GraphOptimizationLevel.ORT_ENABLE_ALL
-        # all cores: ONNX Runtime's default counts physical cores only
-        options.intra_op_num_threads = threads or os.cpu_count() or 1
+        providers: list[str | tuple[str, dict[str, Any]]] = [(p, {"device_id": device_id}) for p in wanted]
+        providers += CPU_PROVIDERS
         try:
-            self.session = ort.InferenceSession(str(path), sess_options=options, providers=providers)
+            # all cores: ONNX Runtime's default counts physical cores only
+            self.session = ort_session(path, threads or os.cpu_count() or 1, providers=providers)
         except Exception as exc:  # onnxruntime raises its own exception types for bad files
             raise MgdRtError(f"{path}: ONNX Runtime cannot load this graph ({first_line(exc)})") from None
         used = self.session.get_providers()
@@ -77,12 +103,7 @@ class OnnxRuntimeBackend(Backend):
         self.device_id = device_id
 
         inputs = {i.name: i for i in self.session.get_inputs()}
-        outputs = {o.name for o in self.session.get_outputs()}
-        if INPUT_NAME not in inputs or OUTPUT_NAME not in outputs:
-            raise MgdRtError(
-                f"{path}: not an mgd-rt graph: needs input {INPUT_NAME!r} and output {OUTPUT_NAME!r}, "
-                f"has inputs {sorted(inputs)} and outputs {sorted(outputs)}"
-            )
+        self.check_io(inputs, (o.name for o in self.session.get_outputs()), str(path))
         meta = self.session.get_modelmeta().custom_metadata_map
         shape = inputs[INPUT_NAME].shape  # (B, 3, S, S) with B symbolic or fixed
         size = meta.get("image_size") or (shape[-1] if isinstance(shape[-1], int) else None)
@@ -92,25 +113,10 @@ class OnnxRuntimeBackend(Backend):
         self.fixed_batch = shape[0] if isinstance(shape[0], int) else None
         self.apply_metadata(meta)
         self.precision = meta.get("precision", "fp32")
-        if dtype is not None and dtype != self.precision:
-            # the graph decides its precision (design.md); running something else silently is refused
-            raise MgdRtError(
-                f"--dtype {dtype}: {path.name} is a {self.precision} graph; export a {dtype} graph "
-                f"and pass that file, or leave --dtype out"
-            )
-        self.check_inputs = check_inputs
-        self._bind = self.provider in GPU_PROVIDERS
+        self.check_dtype(dtype, path.name, f"export a {dtype} graph and pass that file")
+        self._bind = on_gpu
 
-    def _run(self, batch: np.ndarray) -> np.ndarray:
-        if self.fixed_batch is not None and batch.shape[0] != self.fixed_batch:
-            if self.fixed_batch != 1:
-                raise MgdRtError(f"this graph takes batches of exactly {self.fixed_batch}; "
-                                 f"pass --batch-size {self.fixed_batch}")
-            # a static batch-1 graph: run the batch one image at a time
-            return np.concatenate([self._run_exact(batch[i : i + 1]) for i in range(batch.shape[0])])
-        return self._run_exact(batch)
-
-    def _run_exact(self, batch: np.ndarray) -> np.ndarray:
+    def run_exact(self, batch: np.ndarray) -> np.ndarray:
         if self._bind:
             # I/O binding: one host->device copy in, the output allocated on the GPU, one copy out
             binding = self.session.io_binding()

@@ -101,6 +101,7 @@ class TensorRTBackend(Backend):
     """
 
     name = "tensorrt"
+    kind = "engine"
 
     def __init__(
         self,
@@ -111,17 +112,15 @@ class TensorRTBackend(Backend):
         cuda_graph: bool = False,
     ) -> None:
         self._closed = True  # close() is safe however far __init__ gets
+        super().__init__(check_inputs)
         index = cuda_index(device)
-        path = Path(model)
-        if not path.is_file():
-            raise MgdRtError(f"{path}: no such engine file")
+        path = self.model_file(model, "engine")
         # 1. the sidecar, before anything touches CUDA or the engine bytes
         sidecar = read_sidecar(path)
         self.sidecar = sidecar
         self.library = check_library(sidecar, path)
-        if dtype is not None and dtype != sidecar["precision"]:
-            raise MgdRtError(f"--dtype {dtype}: {path.name} is a {sidecar['precision']} engine; "
-                             f"build a {dtype} engine and pass that file, or leave --dtype out")
+        self.precision = sidecar["precision"]
+        self.check_dtype(dtype, path.name, f"build a {dtype} engine and pass that file")
         # 2. the GPU it would run on
         self.gpu = current_gpu(index)
         check_gpu(sidecar, self.gpu, path)
@@ -130,8 +129,6 @@ class TensorRTBackend(Backend):
         self.image_size = int(sidecar["image_size"])
         self.apply_metadata(meta)
         self.variant = sidecar.get("variant", self.variant)
-        self.precision = sidecar["precision"]
-        self.check_inputs = check_inputs
         self.device = f"cuda:{index} ({self.gpu.name})"
         self.path = path
 
@@ -145,13 +142,11 @@ class TensorRTBackend(Backend):
         if self.engine is None:
             raise MgdRtError(f"{path}: {self.library.describe()} could not deserialize this engine "
                              "(corrupt, or built for another GPU/version than its sidecar says); rebuild it")
-        names = {self.engine.get_tensor_name(i) for i in range(self.engine.num_io_tensors)}
-        if names != {INPUT_NAME, OUTPUT_NAME}:
-            raise MgdRtError(f"{path}: not an mgd-rt engine: I/O {sorted(names)}, expected {INPUT_NAME!r} -> "
-                             f"{OUTPUT_NAME!r}")
-        for name in names:
-            if self.engine.get_tensor_dtype(name) != trt.DataType.FLOAT:
-                raise MgdRtError(f"{path}: {name!r} is {self.engine.get_tensor_dtype(name)}, the contract is float32")
+        names = [self.engine.get_tensor_name(i) for i in range(self.engine.num_io_tensors)]
+        inputs = [n for n in names if self.engine.get_tensor_mode(n) == trt.TensorIOMode.INPUT]
+        # every I/O tensor gets an address at enqueue, so anything beyond the contract's two is refused
+        self.check_io(inputs, set(names) - set(inputs), str(path), only=True)
+        self.check_float32(str(path), {n: self.engine.get_tensor_dtype(n) for n in names}, trt.DataType.FLOAT)
         lo, _, hi = self.engine.get_tensor_profile_shape(INPUT_NAME, 0)  # (min, opt, max) (B, 3, S, S)
         self.min_batch, self.max_batch = int(lo[0]), int(hi[0])
         self.context = self.engine.create_execution_context()
@@ -181,11 +176,8 @@ class TensorRTBackend(Backend):
         self._host_out = self._host_out.reshape(b, 1, s, s)
 
     # numpy path -----------------------------------------------------------------------------
-    def _run(self, batch: np.ndarray) -> np.ndarray:
-        # the profile bounds the batch: larger batches run in chunks, smaller ones are padded
-        out = [self._run_exact(batch[i : i + self.max_batch]) for i in range(0, batch.shape[0], self.max_batch)]
-        return out[0] if len(out) == 1 else np.concatenate(out)
-
+    # Backend.run_unchecked cuts a batch into chunks of at most max_batch (the profile's maximum);
+    # run_exact pads a chunk below the profile's minimum
     def _enqueue(self, b: int, d_in: int, d_out: int, stream: int) -> None:
         s = self.image_size
         self.context.set_input_shape(INPUT_NAME, (b, 3, s, s))
@@ -203,7 +195,7 @@ class TensorRTBackend(Backend):
         check_cuda(cudart.cudaMemcpyAsync(buf["h_out"], buf["d_out"], b * s * s * 4,
                                           kind.cudaMemcpyDeviceToHost, self._stream), "cudaMemcpyAsync")
 
-    def _run_exact(self, x: np.ndarray) -> np.ndarray:
+    def run_exact(self, x: np.ndarray) -> np.ndarray:
         """(b, 3, S, S) float32 with b <= max batch -> (b, 1, S, S) float32."""
         if self._closed:
             raise MgdRtError("the TensorRT backend is closed")

@@ -55,6 +55,7 @@ class TorchBackend(Backend):
     ) -> None:
         from mgd_rt.checkpoint import load_model
 
+        super().__init__(check_inputs)
         dev = resolve_device(device)
         dtype = dtype or "fp32"
         if dtype not in _DTYPES:
@@ -74,9 +75,8 @@ class TorchBackend(Backend):
         self.device = str(dev) if dev.type == "cpu" else f"{dev} ({torch.cuda.get_device_name(dev)})"
         self.precision = dtype
         self.autocast = _DTYPES[dtype]
-        self.check_inputs = check_inputs
 
-    def _run(self, batch: np.ndarray) -> np.ndarray:
+    def run_exact(self, batch: np.ndarray) -> np.ndarray:
         x = torch.from_numpy(batch).to(self.torch_device, non_blocking=True)
         with torch.inference_mode(), torch.autocast(
             self.torch_device.type, dtype=self.autocast or torch.float32, enabled=self.autocast is not None

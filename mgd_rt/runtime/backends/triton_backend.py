@@ -48,6 +48,7 @@ class TritonBackend(Backend):
     """``model``: grpc://HOST:PORT/MODEL or http(s)://HOST:PORT/MODEL of a model that fits the contract."""
 
     name = "triton"
+    kind = "served model"
 
     def __init__(
         self,
@@ -57,6 +58,7 @@ class TritonBackend(Backend):
         check_inputs: bool = True,
         timeout_s: float = DEFAULT_TIMEOUT_S,
     ) -> None:
+        super().__init__(check_inputs)
         url = str(model)
         self.scheme, self.netloc, self.model_name, self.version = parse_url(url)
         if device is not None:
@@ -97,16 +99,15 @@ class TritonBackend(Backend):
         metadata, config = self._describe()
         inputs = {t["name"]: t for t in metadata.get("inputs", [])}
         outputs = {t["name"]: t for t in metadata.get("outputs", [])}
-        if INPUT_NAME not in inputs or OUTPUT_NAME not in outputs:
-            raise MgdRtError(f"{url}: not an mgd-rt model: needs input {INPUT_NAME!r} and output {OUTPUT_NAME!r}, "
-                             f"has {sorted(inputs)} -> {sorted(outputs)}")
-        if inputs[INPUT_NAME]["datatype"] != "FP32" or outputs[OUTPUT_NAME]["datatype"] != "FP32":
-            raise MgdRtError(f"{url}: {INPUT_NAME!r} and {OUTPUT_NAME!r} must be FP32 (the contract's I/O)")
+        self.check_io(inputs, outputs, url)
+        self.check_float32(url, {INPUT_NAME: inputs[INPUT_NAME]["datatype"],
+                                 OUTPUT_NAME: outputs[OUTPUT_NAME]["datatype"]}, "FP32")
         params = {k.removeprefix("mgd_rt."): v.get("string_value", "")
                   for k, v in (config.get("parameters") or {}).items() if k.startswith("mgd_rt.")}
         shape = [int(d) for d in inputs[INPUT_NAME]["shape"]]  # (B, 3, S, S) with B -1 when batched
-        self.max_batch = int(config.get("max_batch_size", 0) or 0)
-        self.fixed_batch = None if self.max_batch > 0 else (shape[0] if shape and shape[0] > 0 else None)
+        # max_batch_size 0: the model is not batched by Triton, its dims include a batch (-1 or fixed)
+        self.max_batch = int(config.get("max_batch_size", 0) or 0) or None
+        self.fixed_batch = None if self.max_batch else (shape[0] if shape and shape[0] > 0 else None)
         size = int(params.get("image_size") or (shape[-1] if len(shape) == 4 and shape[-1] > 0 else 0))
         if len(shape) != 4 or shape[1] != 3 or shape[2:] != [size, size]:
             raise MgdRtError(f"{url}: input {INPUT_NAME!r} is {shape}, the contract is (B, 3, S, S)")
@@ -114,9 +115,7 @@ class TritonBackend(Backend):
         self.apply_metadata(params)  # no checkpoint hash among the parameters: trained stays unknown
         self.precision = params.get("precision", "fp32")
         self.device = f"Triton {self.scheme}://{self.netloc}/{self.model_name}"
-        if dtype is not None and dtype != self.precision:
-            raise MgdRtError(f"--dtype {dtype}: {url} serves a {self.precision} model; leave --dtype out")
-        self.check_inputs = check_inputs
+        self.check_dtype(dtype, url)
 
     def _describe(self) -> tuple[dict[str, Any], dict[str, Any]]:
         """The model's metadata and config as plain dicts (the gRPC client answers protobufs)."""
@@ -135,18 +134,8 @@ class TritonBackend(Backend):
             raise MgdRtError(f"{self.model_name}: {first_line(exc)}") from None
         return metadata, config
 
-    def _run(self, batch: np.ndarray) -> np.ndarray:
-        step = self.max_batch if self.max_batch > 0 else batch.shape[0]
-        if self.fixed_batch is not None and batch.shape[0] != self.fixed_batch:
-            if self.fixed_batch != 1:
-                raise MgdRtError(f"the served model takes batches of exactly {self.fixed_batch}; "
-                                 f"pass --batch-size {self.fixed_batch}")
-            step = 1
-        # batches beyond the server's max_batch_size go in chunks, each (b, 3, S, S)
-        return np.concatenate([self._send(batch[i : i + step]) for i in range(0, batch.shape[0], step)])
-
-    def _send(self, batch: np.ndarray) -> np.ndarray:
-        """(b, 3, S, S) float32 -> (b, 1, S, S) float32 from the server."""
+    def run_exact(self, batch: np.ndarray) -> np.ndarray:
+        """(b, 3, S, S) float32 -> (b, 1, S, S) float32 from the server (b within its max_batch_size)."""
         m = self._module
         request = m.InferInput(INPUT_NAME, list(batch.shape), "FP32")
         request.set_data_from_numpy(batch)
