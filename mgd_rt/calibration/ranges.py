@@ -24,6 +24,7 @@ from dataclasses import dataclass, field
 import numpy as np
 
 from mgd_rt.contract import INPUT_NAME
+from mgd_rt.runtime.backends.onnxruntime_backend import ort_session
 
 log = logging.getLogger("mgd_rt")
 
@@ -206,14 +207,11 @@ def collect_ranges(
     entropy (see the module docstring). One forward pass per image, plus one on the first
     image to learn the tensors' sizes when sampling.
     """
-    import onnxruntime as ort
 
     names = list(dict.fromkeys(names))
     sample = method != "max"
     augmented, sampled_axes = statistics_graph(model, names, sample)
-    options = ort.SessionOptions()
-    options.execution_order = ort.ExecutionOrder.PRIORITY_BASED
-    session = ort.InferenceSession(augmented.SerializeToString(), options, providers=["CPUExecutionProvider"])
+    session = ort_session(augmented.SerializeToString(), priority_order=True)
     del augmented
     # the first run samples one element per tensor and reads the shapes the real strides need
     steps = {f"calib__{i}_steps": np.full(sampled_axes[name], np.iinfo(np.int32).max, np.int64)

@@ -21,6 +21,7 @@ import numpy as np
 
 from mgd_rt.contract import INPUT_NAME, OUTPUT_NAME
 from mgd_rt.numerics import Comparison, compare_logits
+from mgd_rt.runtime.backends.onnxruntime_backend import ort_session
 
 log = logging.getLogger("mgd_rt")
 
@@ -109,11 +110,7 @@ def restore_fp32(model, names: set[str], fp32_model=None):
 
 
 def _run(model, x: np.ndarray) -> np.ndarray:
-    import onnxruntime as ort
-
-    options = ort.SessionOptions()
-    options.log_severity_level = 3
-    session = ort.InferenceSession(model.SerializeToString(), options, providers=["CPUExecutionProvider"])
+    session = ort_session(model.SerializeToString(), log_severity=3)
     return np.concatenate([session.run([OUTPUT_NAME], {INPUT_NAME: x[i : i + 1]})[0] for i in range(len(x))])
 
 

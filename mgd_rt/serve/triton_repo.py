@@ -28,6 +28,7 @@ from typing import Any
 
 from mgd_rt.contract import IMAGENET_MEAN, IMAGENET_STD, INPUT_NAME, OUTPUT_NAME
 from mgd_rt.errors import MgdRtError, first_line
+from mgd_rt.runtime.backends.onnxruntime_backend import ort_session
 
 log = logging.getLogger("mgd_rt")
 
@@ -85,13 +86,8 @@ def _check_io(where: str, io: list[dict[str, Any]], name: str, size: int, channe
 
 def _onnx_spec(path: Path) -> tuple[dict[str, str], int, int | None]:
     """(metadata props, S, fixed batch or None) of an .onnx graph, read with ONNX Runtime (no onnx needed)."""
-    import onnxruntime as ort
-
-    options = ort.SessionOptions()
-    # only the signature is needed: skip graph optimisation, which takes seconds on B+
-    options.graph_optimization_level = ort.GraphOptimizationLevel.ORT_DISABLE_ALL
     try:
-        session = ort.InferenceSession(str(path), sess_options=options, providers=["CPUExecutionProvider"])
+        session = ort_session(path, optimize=False)  # only the signature is needed
     except Exception as exc:  # onnxruntime's own exception types for bad files
         raise MgdRtError(f"{path}: ONNX Runtime cannot load this graph ({first_line(exc)})") from None
     meta = dict(session.get_modelmeta().custom_metadata_map)
