@@ -21,6 +21,10 @@ from mgd_rt.errors import MgdRtError
 
 # compute precisions an artifact can have (I/O is always float32)
 PRECISIONS = ("fp32", "fp16", "int8")
+# model files by suffix: PyTorch checkpoints (pickles are opened weights_only), ONNX graphs, engines
+CHECKPOINT_SUFFIXES = (".pth", ".pt", ".bin", ".ckpt", ".safetensors")
+GRAPH_SUFFIXES = (".onnx",)
+ENGINE_SUFFIXES = (".engine",)
 
 # ONNX metadata props written on every exported graph (all values are strings); an engine's
 # sidecar keeps a copy under source.metadata, a Triton config under mgd_rt.* parameters
@@ -212,8 +216,8 @@ def read_sidecar(engine: str | Path) -> dict[str, Any]:
 
 
 __all__ = [
-    "CODE_SIZE_KEY", "METADATA_KEYS", "PRECISIONS", "SIDECAR_FORMAT", "SIDECAR_KEYS", "SIDECAR_VERSION", "UNTRAINED",
-    "atomic_write", "check_output_path", "engine_path", "file_sha256", "format_floats", "fp16_path", "int8_path",
-    "metadata_floats", "read_sidecar", "sidecar_path", "sized_path", "unsized_name", "write_atomic", "write_engine",
-    "write_json_atomic",
+    "CHECKPOINT_SUFFIXES", "CODE_SIZE_KEY", "ENGINE_SUFFIXES", "GRAPH_SUFFIXES", "METADATA_KEYS", "PRECISIONS",
+    "SIDECAR_FORMAT", "SIDECAR_KEYS", "SIDECAR_VERSION", "UNTRAINED", "atomic_write", "check_output_path",
+    "engine_path", "file_sha256", "format_floats", "fp16_path", "int8_path", "metadata_floats", "read_sidecar",
+    "sidecar_path", "sized_path", "unsized_name", "write_atomic", "write_engine", "write_json_atomic",
 ]

@@ -21,7 +21,6 @@ from mgd_rt.model.variants import VARIANTS
 
 log = logging.getLogger("mgd_rt")
 
-CHECKPOINT_SUFFIXES = (".pth", ".pt", ".bin", ".ckpt", ".safetensors")
 _WRAPPER_KEYS = ("model", "state_dict", "model_state_dict", "module")
 # SAM2.1 keeps these under its prompt encoder; MGD-SAM2 has them at the top level
 _SAM2_RENAMES = {

@@ -324,3 +324,18 @@ def test_segmenter_api(toy, tmp_path):
         seg(tmp_path / "bad.png")
     with pytest.raises(MgdRtError, match="uint8"):
         seg(rgb.astype(np.float32))
+
+
+def test_backend_selection_follows_the_table():
+    from mgd_rt.runtime.backends import BACKENDS, backend_for
+
+    picked = {f"m{suffix}": backend_for(f"m{suffix}").name for spec in BACKENDS.values() for suffix in spec.suffixes}
+    picked |= {f"{s}://h:1/m": backend_for(f"{s}://h:1/m").name for spec in BACKENDS.values() for s in spec.schemes}
+    assert picked == {"m.pth": "torch", "m.pt": "torch", "m.bin": "torch", "m.ckpt": "torch",
+                      "m.safetensors": "torch", "m.onnx": "onnxruntime", "m.engine": "tensorrt",
+                      "grpc://h:1/m": "triton", "http://h:1/m": "triton", "https://h:1/m": "triton"}
+    assert backend_for("m.onnx", "tensorrt").name == "tensorrt"  # opened through the engine cache's converter
+    with pytest.raises(MgdRtError, match="runs on the tensorrt backend, not onnxruntime"):
+        backend_for("m.engine", "onnxruntime")
+    with pytest.raises(MgdRtError, match="unknown URL scheme 'ftp'"):
+        backend_for("ftp://h/m")

@@ -11,13 +11,10 @@ from collections.abc import Callable
 from dataclasses import dataclass
 from pathlib import Path
 
+from mgd_rt.artifacts import CHECKPOINT_SUFFIXES, ENGINE_SUFFIXES, GRAPH_SUFFIXES
 from mgd_rt.errors import MgdRtError
 from mgd_rt.runtime.backends.base import Backend
-
-# the PyTorch suffixes are mgd_rt.checkpoint.CHECKPOINT_SUFFIXES; that module imports torch,
-# so selection checks the light suffixes first and only imports it for a torch candidate
-_ONNX_SUFFIXES = (".onnx",)
-_ENGINE_SUFFIXES = (".engine",)
+from mgd_rt.runtime.backends.triton_backend import URL_SCHEMES
 
 
 @dataclass(frozen=True)
@@ -26,21 +23,26 @@ class BackendSpec:
     module: str  # "module:Class", imported on use
     dtypes: tuple[str, ...]  # --dtype values it accepts
     devices: tuple[str, ...]  # device kinds it can run on
+    artifact: str  # what it runs, for messages
+    suffixes: tuple[str, ...] = ()  # model files it runs, picked by suffix with --backend auto
+    schemes: tuple[str, ...] = ()  # model URLs it runs, picked by scheme
+    converts: tuple[str, ...] = ()  # files of other suffixes it opens through a registered converter
 
 
 BACKENDS: dict[str, BackendSpec] = {
     "torch": BackendSpec("torch", "mgd_rt.runtime.backends.torch_backend:TorchBackend", ("fp32", "fp16", "bf16"),
-                         ("cpu", "cuda")),
+                         ("cpu", "cuda"), "a checkpoint", CHECKPOINT_SUFFIXES),
     # an ONNX graph's precision is decided by the graph itself (its metadata), --dtype must match it
     "onnxruntime": BackendSpec("onnxruntime", "mgd_rt.runtime.backends.onnxruntime_backend:OnnxRuntimeBackend",
-                               ("fp32", "fp16", "int8"), ("cpu", "cuda")),
+                               ("fp32", "fp16", "int8"), ("cpu", "cuda"), "an ONNX graph", GRAPH_SUFFIXES),
     # a built .engine (precision is the engine's), or an .onnx built on first use through the engine cache
     "tensorrt": BackendSpec("tensorrt", "mgd_rt.runtime.backends.tensorrt_backend:TensorRTBackend",
-                            ("fp32", "fp16", "int8"), ("cuda",)),
+                            ("fp32", "fp16", "int8"), ("cuda",), "a TensorRT engine", ENGINE_SUFFIXES,
+                            converts=GRAPH_SUFFIXES),
     # grpc://HOST:PORT/MODEL or http://...: the model runs in a Triton server, picked by the URL's scheme;
     # precision and device are the server's (--dtype must match what it reports, --device is refused)
     "triton": BackendSpec("triton", "mgd_rt.runtime.backends.triton_backend:TritonBackend",
-                          ("fp32", "fp16", "int8"), ("server",)),
+                          ("fp32", "fp16", "int8"), ("server",), "a Triton model URL", schemes=URL_SCHEMES),
 }
 
 # what the CLI offers, in table order: "auto" (by suffix or URL) or a backend; every --dtype some backend takes
@@ -62,36 +64,31 @@ def register_converter(backend: str, suffix: str, converter: Converter) -> None:
 
 def backend_for(model: str | Path, backend: str = "auto") -> BackendSpec:
     """The backend that runs ``model``: by its suffix (or URL scheme), or the one named (which must fit it)."""
-    from mgd_rt.runtime.backends.triton_backend import is_triton_url  # light: no tritonclient import
-
-    if is_triton_url(str(model)):
-        if backend not in ("auto", None, "triton"):
-            raise MgdRtError(f"{model}: a Triton URL runs on the triton backend, not {backend}")
-        return BACKENDS["triton"]
-    suffix = Path(model).suffix.lower()
-    if suffix in _ONNX_SUFFIXES:
-        by_suffix = "onnxruntime"
-        if backend == "tensorrt":
-            return BACKENDS["tensorrt"]  # an .onnx on TensorRT: built once through the engine cache
-    elif suffix in _ENGINE_SUFFIXES:
-        by_suffix = "tensorrt"
-    else:
-        from mgd_rt.checkpoint import CHECKPOINT_SUFFIXES  # torch path: importing torch is fine
-
-        if suffix not in CHECKPOINT_SUFFIXES:
-            raise MgdRtError(
-                f"{model}: unknown model file type {suffix!r}; give a checkpoint "
-                f"({', '.join(CHECKPOINT_SUFFIXES)}), an ONNX graph (.onnx) or a TensorRT engine (.engine)"
-            )
-        by_suffix = "torch"
-    if backend in ("auto", None):
-        return BACKENDS[by_suffix]
-    if backend not in BACKENDS:
+    if backend not in ("auto", None) and backend not in BACKENDS:
         raise MgdRtError(f"unknown backend {backend!r}; choose from {', '.join(BACKEND_CHOICES)}")
-    if backend != by_suffix:
-        raise MgdRtError(f"{model}: a {suffix} file runs on the {by_suffix} backend, not {backend}; "
-                         f"pass --backend auto or {by_suffix}")
-    return BACKENDS[backend]
+    text = str(model)
+    scheme = text.split("://", 1)[0].lower() if "://" in text else None
+    suffix = "" if scheme else Path(text).suffix.lower()
+    found = [spec for spec in BACKENDS.values() if (scheme in spec.schemes if scheme else suffix in spec.suffixes)]
+    if not found:
+        kinds = ", ".join(f"{spec.artifact} ({', '.join(spec.suffixes or (f'{s}://' for s in spec.schemes))})"
+                          for spec in BACKENDS.values())
+        what = f"URL scheme {scheme!r}" if scheme else f"model file type {suffix!r}"
+        raise MgdRtError(f"{model}: unknown {what}; give {kinds}")
+    by_suffix = found[0]
+    if backend in ("auto", None) or backend == by_suffix.name:
+        return by_suffix
+    wanted = BACKENDS[backend]
+    if suffix and suffix in wanted.converts:
+        return wanted  # e.g. an .onnx on TensorRT: built once through the engine cache
+    return _refuse(model, by_suffix, backend, scheme is not None)
+
+
+def _refuse(model: str | Path, fits: BackendSpec, asked: str, is_url: bool) -> BackendSpec:
+    if is_url:
+        raise MgdRtError(f"{model}: a Triton URL runs on the {fits.name} backend, not {asked}")
+    raise MgdRtError(f"{model}: a {Path(str(model)).suffix.lower()} file runs on the {fits.name} backend, not "
+                     f"{asked}; pass --backend auto or {fits.name}")
 
 
 def load_backend(
@@ -110,7 +107,7 @@ def load_backend(
     if device is not None and device.split(":")[0] not in spec.devices:
         raise MgdRtError(f"--device {device}: {spec.name} runs on {' or '.join(spec.devices)}")
     suffix = Path(str(model)).suffix.lower()
-    if spec.name == "tensorrt" and suffix in _ONNX_SUFFIXES:
+    if suffix in spec.converts and suffix not in spec.suffixes:
         convert = CONVERTERS.get((spec.name, suffix))
         if convert is None:
             raise MgdRtError(f"{model}: TensorRT runs engines; build one with mgd-rt build, or call "
