@@ -219,3 +219,11 @@ def test_segmenter_builds_through_engine_cache(gpu_tiny, tmp_path, monkeypatch):
     np.testing.assert_allclose(second(image), mask, atol=1e-5)
     second.close()
     assert engines[0].stat().st_mtime_ns == stamp  # reused, not rebuilt
+
+
+def test_padding_keeps_every_chunk_in_the_profile():
+    from mgd_rt.runtime.backends.tensorrt_backend import padding_to_profile
+
+    # (n, min, max) -> zeros appended; chunks of max, the last one at least min
+    cases = {(5, 2, 4): 1, (4, 2, 4): 0, (1, 2, 4): 1, (9, 1, 4): 0, (6, 3, 4): 1, (3, 3, 3): 0, (7, 4, 4): 1}
+    assert {k: padding_to_profile(*k) for k in cases} == cases

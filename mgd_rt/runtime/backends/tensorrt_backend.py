@@ -87,6 +87,13 @@ def cuda_index(device: str | None) -> int:
     return int(device.split(":")[1]) if device and ":" in device else 0
 
 
+def padding_to_profile(n: int, min_batch: int, max_batch: int) -> int:
+    """Zero images to append to a batch of ``n`` so that every chunk of at most ``max_batch`` has at
+    least ``min_batch`` images (an engine refuses a batch outside its profile)."""
+    last = n % max_batch or max_batch
+    return max(0, min_batch - last) if n > max_batch else max(0, min_batch - n)
+
+
 def _is_torch_tensor(x: object) -> bool:
     # no torch import: the light runtime must not pull it in
     return type(x).__module__.startswith("torch") and hasattr(x, "data_ptr")
@@ -259,8 +266,9 @@ class TensorRTBackend(Backend):
             raise MgdRtError(f"tensorrt: input is on {x.device}, the engine on cuda:{self.gpu.index}")
         x = x.contiguous()
         n = x.shape[0]
-        if n < self.min_batch:  # pad up to the profile's minimum (a copy; only for min batch > 1 profiles)
-            x = torch.cat([x, x.new_zeros((self.min_batch - n, 3, s, s))])
+        short = padding_to_profile(n, self.min_batch, self.max_batch)
+        if short:  # the last chunk would be under the profile's minimum (a copy; only min batch > 1 profiles)
+            x = torch.cat([x, x.new_zeros((short, 3, s, s))])
         out = torch.empty((x.shape[0], 1, s, s), dtype=torch.float32, device=x.device)
         stream = torch.cuda.current_stream(x.device).cuda_stream
         for i in range(0, x.shape[0], self.max_batch):
