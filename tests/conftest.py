@@ -54,3 +54,12 @@ def cuda_available() -> bool:
 
 
 needs_cuda = pytest.mark.skipif(not cuda_available(), reason="needs a CUDA GPU (torch.cuda.is_available() is False)")
+
+
+@pytest.fixture(scope="session")
+def toy_onnx(tmp_path_factory: pytest.TempPathFactory) -> Path:
+    """The contract toy graph (S=32, runtime_helpers.make_toy_onnx): instant, for tests of the I/O around
+    the model. Shared read-only: copy it before writing beside it."""
+    from runtime_helpers import make_toy_onnx
+
+    return make_toy_onnx(tmp_path_factory.mktemp("toy") / "toy.onnx")

@@ -72,8 +72,9 @@ def test_every_format(toy, tmp_path, fmt, suffix, mode):
     rgb = _photo(45, 70, 4)
     Image.fromarray(rgb).save(tmp_path / "p.png")
     out = tmp_path / "out"
+    raw = ["--foreground", "raw"] if fmt == "rgba" else []  # the photo's own colour under the alpha
     assert main(["infer", str(toy), str(tmp_path / "p.png"), "-o", str(out), "--format", fmt,
-                 "--threshold", "0.6"]) == 0
+                 "--threshold", "0.6", *raw]) == 0
     img = Image.open(out / f"p{suffix}")
     assert img.mode == mode and img.size == (70, 45)
     logits = toy_logits(preprocess(rgb, 32)[None])[0, 0]

@@ -24,7 +24,8 @@ LAYERS: list[tuple[str, tuple[str, ...]]] = [
     ("export", ("mgd_rt.export",)),
     ("calibration", ("mgd_rt.calibration",)),
     ("engine", ("mgd_rt.engine",)),
-    ("applications", ("mgd_rt.bench", "mgd_rt.evaluate", "mgd_rt.demo", "mgd_rt.serve", "mgd_rt.ray")),
+    ("applications", ("mgd_rt.bench", "mgd_rt.evaluate", "mgd_rt.demo", "mgd_rt.serve", "mgd_rt.ray",
+                      "mgd_rt.app")),
     ("cli", ("mgd_rt.cli",)),
 ]
 

@@ -29,6 +29,7 @@ COMMANDS = [
     "mgd_rt.cli.calibrate",
     "mgd_rt.cli.triton_repo",
     "mgd_rt.cli.serve",
+    "mgd_rt.cli.app",
 ]
 
 

@@ -7,8 +7,10 @@ orientation is honoured. Every problem is an :class:`MgdRtError` naming the file
 
 from __future__ import annotations
 
+import io
 import warnings
 from pathlib import Path
+from typing import BinaryIO
 
 import numpy as np
 from PIL import Image, ImageOps, UnidentifiedImageError
@@ -48,14 +50,30 @@ def read_image(path: str | Path, max_pixels: int = MAX_PIXELS) -> np.ndarray:
     try:
         if path.stat().st_size == 0:
             raise MgdRtError(f"{path}: empty file (0 bytes)")
+    except FileNotFoundError:
+        raise MgdRtError(f"{path}: no such file") from None
+    except PermissionError:
+        raise MgdRtError(f"{path}: permission denied") from None
+    return _decode(path, str(path), max_pixels)
+
+
+def decode_image(data: bytes, name: str = "<stdin>", max_pixels: int = MAX_PIXELS) -> np.ndarray:
+    """Decode encoded image bytes (a pipe's content) like :func:`read_image`; errors name ``name``."""
+    if not data:
+        raise MgdRtError(f"{name}: empty input (0 bytes)")
+    return _decode(io.BytesIO(data), name, max_pixels)
+
+
+def _decode(source: Path | BinaryIO, name: str, max_pixels: int) -> np.ndarray:
+    try:
         with warnings.catch_warnings():
             # our own limit below is the one that applies; Pillow's warning would only be noise
             warnings.simplefilter("ignore", Image.DecompressionBombWarning)
-            with Image.open(path) as img:
+            with Image.open(source) as img:
                 width, height = img.size
                 if width * height > max_pixels:
                     raise MgdRtError(
-                        f"{path}: {width}x{height} is too large to decode safely "
+                        f"{name}: {width}x{height} is too large to decode safely "
                         f"({width * height / 1e6:.0f} MP > {max_pixels / 1e6:.0f} MP)"
                     )
                 img.load()
@@ -64,15 +82,15 @@ def read_image(path: str | Path, max_pixels: int = MAX_PIXELS) -> np.ndarray:
     except MgdRtError:
         raise
     except Image.DecompressionBombError:
-        raise MgdRtError(f"{path}: too large to decode safely (Pillow's decompression-bomb limit)") from None
+        raise MgdRtError(f"{name}: too large to decode safely (Pillow's decompression-bomb limit)") from None
     except UnidentifiedImageError:
-        raise MgdRtError(f"{path}: not an image Pillow can read (JPEG, PNG, BMP, TIFF, WebP)") from None
+        raise MgdRtError(f"{name}: not an image Pillow can read (JPEG, PNG, BMP, TIFF, WebP)") from None
     except FileNotFoundError:
-        raise MgdRtError(f"{path}: no such file") from None
+        raise MgdRtError(f"{name}: no such file") from None
     except PermissionError:
-        raise MgdRtError(f"{path}: permission denied") from None
+        raise MgdRtError(f"{name}: permission denied") from None
     except (OSError, ValueError, SyntaxError) as exc:  # truncated or corrupt data
-        raise MgdRtError(f"{path}: unreadable image, truncated or corrupt ({exc})") from None
+        raise MgdRtError(f"{name}: unreadable image, truncated or corrupt ({exc})") from None
 
 
 def as_rgb(image: np.ndarray) -> np.ndarray:

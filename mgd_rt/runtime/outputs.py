@@ -2,24 +2,34 @@
 
 - ``matte``: 8-bit grayscale PNG, round(255 * probability).
 - ``binary``: PNG in {0, 255}, probability > threshold.
-- ``rgba``: PNG cut-out, the photo with the matte as alpha.
+- ``rgba``: PNG cut-out, the estimated foreground colour (:mod:`mgd_rt.runtime.compose`) under
+  the matte as alpha.
 - ``overlay``: JPEG a person can judge at a glance: background dimmed, the object tinted,
   its outline at the threshold drawn in a bright colour.
+- ``background``: JPEG composite of the object onto a colour, a blurred copy or another image.
+
+``Cutout.invert`` keeps the background instead of the object: the logits are negated, so every
+format (matte, binary, cut-out, overlay, composite) describes the other side.
 """
 
 from __future__ import annotations
 
+import io
 from pathlib import Path
+from typing import BinaryIO
 
 import cv2
 import numpy as np
 from PIL import Image
 
+from mgd_rt.runtime.compose import Cutout
 from mgd_rt.runtime.image_io import save_image
-from mgd_rt.runtime.processing import postprocess_binary, resize_logits_strips, sigmoid
+from mgd_rt.runtime.processing import postprocess_binary, postprocess_uint8, resize_logits_strips, sigmoid
 from mgd_rt.runtime.segmenter import Result
 
-FORMATS: dict[str, str] = {"matte": ".png", "binary": ".png", "rgba": ".png", "overlay": ".jpg"}
+FORMATS: dict[str, str] = {"matte": ".png", "binary": ".png", "rgba": ".png", "overlay": ".jpg",
+                           "background": ".jpg"}
+_PIL_FORMATS = {".png": ("PNG", {}), ".jpg": ("JPEG", {"quality": 90})}
 _TINT = np.array([40, 220, 90], dtype=np.float32)  # object tint
 _OUTLINE = np.array([255, 40, 200], dtype=np.uint8)  # magenta: visible on most photos
 
@@ -42,18 +52,45 @@ def overlay_image(rgb: np.ndarray, logits: np.ndarray, threshold: float = 0.5) -
     return out
 
 
-def write_result(result: Result, path: Path, fmt: str, threshold: float = 0.5) -> Path:
-    """Encode ``result`` in format ``fmt`` and write it to ``path`` via a temporary file."""
+def render(result: Result, fmt: str, threshold: float = 0.5, cutout: Cutout | None = None) -> np.ndarray:
+    """The output image of ``fmt``: (H, W) uint8 for matte / binary, (H, W, 4) for rgba, else (H, W, 3)."""
+    cutout = cutout or Cutout()
     height, width = result.size
+    logits = -result.logits if cutout.invert else result.logits  # sigmoid(-x) = 1 - sigmoid(x)
     if fmt == "matte":
-        return save_image(Image.fromarray(result.matte(), "L"), path, "PNG")
+        return postprocess_uint8(logits, height, width)
     if fmt == "binary":
-        return save_image(Image.fromarray(postprocess_binary(result.logits, height, width, threshold), "L"),
-                            path, "PNG")
+        return postprocess_binary(logits, height, width, threshold)
     if fmt == "rgba":
-        rgba = np.dstack([result.image, result.matte()])  # (H, W, 3) + (H, W) -> (H, W, 4)
-        return save_image(Image.fromarray(rgba, "RGBA"), path, "PNG")
+        return cutout.rgba(result.image, postprocess_uint8(logits, height, width))
     if fmt == "overlay":
-        return save_image(Image.fromarray(overlay_image(result.image, result.logits, threshold)), path, "JPEG",
-                            quality=90)
+        return overlay_image(result.image, logits, threshold)
+    if fmt == "background":
+        return cutout.composite(result.image, postprocess_uint8(logits, height, width))
     raise ValueError(f"unknown format {fmt!r}")
+
+
+def _pil(array: np.ndarray) -> Image.Image:
+    """(H, W) -> L, (H, W, 3) -> RGB, (H, W, 4) -> RGBA."""
+    mode = "L" if array.ndim == 2 else {3: "RGB", 4: "RGBA"}[array.shape[2]]
+    return Image.fromarray(np.ascontiguousarray(array), mode)
+
+
+def write_result(
+    result: Result, path: Path, fmt: str, threshold: float = 0.5, cutout: Cutout | None = None
+) -> Path:
+    """Encode ``result`` in format ``fmt`` and write it to ``path`` via a temporary file."""
+    pil_format, params = _PIL_FORMATS[FORMATS[fmt]]
+    return save_image(_pil(render(result, fmt, threshold, cutout)), path, pil_format, **params)
+
+
+def write_result_stream(
+    result: Result, stream: BinaryIO, fmt: str, threshold: float = 0.5, cutout: Cutout | None = None
+) -> None:
+    """Encode ``result`` like :func:`write_result`, to a byte stream (``-o -``): encoded whole in memory
+    first, so a failure writes nothing."""
+    pil_format, params = _PIL_FORMATS[FORMATS[fmt]]
+    buffer = io.BytesIO()
+    _pil(render(result, fmt, threshold, cutout)).save(buffer, format=pil_format, **params)
+    stream.write(buffer.getbuffer())
+    stream.flush()

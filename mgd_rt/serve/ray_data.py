@@ -141,7 +141,7 @@ def segment_dataset(
 
     start = time.perf_counter()
     outdir = Path(outdir)
-    todo, summary, fail = start_job(inputs, outdir, recursive, format, overwrite, say)
+    todo, summary, fail = start_job(inputs, outdir, recursive, format, overwrite, say, videos=False)
 
     from mgd_rt.runtime.backends import load_backend
     from mgd_rt.runtime.backends.triton_backend import is_triton_url
