@@ -1,6 +1,7 @@
 """Videos through ``mgd-rt infer``: clips made here with PyAV (two codecs, with and without audio,
-one truncated); frame counts, rates, timestamps, alpha equal to the image path's matte, audio
-kept, ranges, frame folders, partial outputs."""
+cut copies of mp4, mkv and webm); frame counts, rates, timestamps, alpha equal to the image path's
+matte, audio kept, ranges (audio to the range's end), frame folders, partial outputs, no false
+alarm on complete clips of several containers, codecs and rates."""
 
 from __future__ import annotations
 
@@ -27,20 +28,26 @@ def _frame(i: int) -> np.ndarray:
     return img
 
 
-def make_clip(path: Path, codec: str, muxer: str, audio: bool, options: dict[str, str] | None = None) -> Path:
+def make_clip(path: Path, codec: str, muxer: str, audio: bool, options: dict[str, str] | None = None,
+              rate: Fraction | int = RATE, n: int = N, times_ms: list[int] | None = None) -> Path:
+    """A clip of ``n`` frames at ``rate``; ``times_ms``: frame times instead (a variable frame rate)."""
     with av.open(str(path), "w", format=muxer, options=options or {}) as c:
-        v = c.add_stream(codec, rate=RATE)
+        v = c.add_stream(codec, rate=rate)
         v.width, v.height, v.pix_fmt = W, H, "yuv420p"
+        if times_ms is not None:
+            v.codec_context.time_base = Fraction(1, 1000)
         a = c.add_stream("aac", rate=16000) if audio else None
         if a is not None:
             a.layout = "mono"
-        for i in range(N):
+        for i in range(n):
             f = av.VideoFrame.from_ndarray(_frame(i), format="rgb24")
-            f.pts = i
+            f.pts = i if times_ms is None else times_ms[i]
+            if times_ms is not None:
+                f.time_base = Fraction(1, 1000)
             for p in v.encode(f):
                 c.mux(p)
         if a is not None:
-            samples = 16000 * N // RATE
+            samples = int(16000 * n / rate)
             for s0 in range(0, samples, 1024):
                 tone = (0.1 * np.sin(np.arange(s0, min(s0 + 1024, samples)) / 10)).astype(np.float32)[None]
                 af = av.AudioFrame.from_ndarray(tone, format="fltp", layout="mono")
@@ -54,15 +61,23 @@ def make_clip(path: Path, codec: str, muxer: str, audio: bool, options: dict[str
     return path
 
 
+def _cut(path: Path, name: str, keep: float = 0.5) -> Path:
+    """The first ``keep`` of ``path``'s bytes: a download or a copy that stopped mid-way."""
+    data = path.read_bytes()
+    (cut := path.with_name(name)).write_bytes(data[: int(len(data) * keep)])
+    return cut
+
+
 @pytest.fixture(scope="module")
 def clips(tmp_path_factory) -> dict[str, Path]:
     root = tmp_path_factory.mktemp("clips")
     # faststart: the index comes first, so a truncated copy still says how many frames it should have
     mp4 = make_clip(root / "h264_aac.mp4", "libx264", "mp4", audio=True, options={"movflags": "faststart"})
     webm = make_clip(root / "vp9.webm", "libvpx-vp9", "webm", audio=False)
-    data = mp4.read_bytes()
-    (root / "cut.mp4").write_bytes(data[: len(data) // 2])
-    return {"mp4": mp4, "webm": webm, "cut": root / "cut.mp4"}
+    # Matroska and WebM keep no frame count: a cut copy is found by its declared duration
+    mkv = make_clip(root / "x264_aac.mkv", "libx264", "matroska", audio=True)
+    return {"mp4": mp4, "webm": webm, "mkv": mkv, "cut": _cut(mp4, "cut.mp4"), "cut_mkv": _cut(mkv, "cut_mkv.mkv"),
+            "cut_webm": _cut(webm, "cut_webm.webm", 0.75)}  # half: inside the key frame
 
 
 def _probe(path: Path) -> tuple[list[str], Fraction, list[float], list[np.ndarray]]:
@@ -152,3 +167,65 @@ def test_truncated_clip_one_line_and_partial_only_when_asked(toy_onnx, clips, tm
     _, _, times, _ = _probe(out / "cut.partial.mp4")
     last_good = int(capsys.readouterr().err.split("last good frame ")[1].split(";")[0])
     assert len(times) == last_good + 1
+
+
+def _errors(capsys) -> list[str]:
+    return [line for line in capsys.readouterr().err.splitlines() if "error" in line]
+
+
+def test_truncated_mkv_and_webm_and_a_cut_range(toy_onnx, clips, tmp_path, capsys):
+    out = tmp_path / "out"
+    args = ["infer", str(toy_onnx), str(clips["cut_mkv"]), str(clips["cut_webm"]), str(clips["webm"]), "-o", str(out)]
+    assert main(args) == 1
+    err = _errors(capsys)
+    assert len(err) == 2 and all("truncated" in e and "last good frame" in e for e in err)
+    assert "cut_mkv.mkv" in err[0] and "cut_webm.webm" in err[1]
+    assert sorted(p.name for p in out.iterdir()) == ["vp9.mp4"]  # the batch went on; nothing else left
+    assert main([*args[:3], "-o", str(out), "--keep-partial", "--format", "overlay"]) == 1
+    last_good = int(_errors(capsys)[0].split("last good frame ")[1].split(";")[0])
+    assert len(_probe(out / "cut_mkv.partial.mp4")[2]) == last_good + 1
+    # a range gives no frame count to compare with; the mp4's declared duration still tells
+    assert main(["infer", str(toy_onnx), str(clips["cut"]), "-o", str(tmp_path / "r"), "--start", "0.05",
+                 "--duration", "10"]) == 1
+    assert "cut.mp4" in _errors(capsys)[0] and not (tmp_path / "r" / "cut.mp4").exists()
+
+
+def test_complete_clips_are_not_flagged(toy_onnx, clips, tmp_path):
+    root = tmp_path / "in"
+    root.mkdir()
+    ntsc = Fraction(30000, 1001)
+    made = [
+        clips["mp4"], clips["webm"], clips["mkv"],
+        make_clip(root / "mpeg4_24.mkv", "mpeg4", "matroska", audio=True, rate=24, n=7),
+        make_clip(root / "vp8_25.webm", "libvpx", "webm", audio=False, rate=25, n=8),
+        make_clip(root / "mpeg4_ntsc.mov", "mpeg4", "mov", audio=False, rate=ntsc, n=8),
+        make_clip(root / "h264_plain.mp4", "libx264", "mp4", audio=True, rate=25, n=8),  # index at the end
+        make_clip(root / "mpeg4_25.avi", "mpeg4", "avi", audio=False, rate=25, n=8),  # counts empty packets
+        # frames 40, 80 and 120 ms long: the slack follows the longest interval
+        make_clip(root / "vfr.mkv", "libx264", "matroska", audio=False, rate=25, times_ms=[0, 40, 120, 240, 280, 360]),
+        make_clip(root / "vfr_mp4.mp4", "libx264", "mp4", audio=False, rate=25, times_ms=[0, 40, 120, 240, 280, 360]),
+    ]
+    out = tmp_path / "out"
+    assert main(["infer", str(toy_onnx), *map(str, made), "-o", str(out), "--frames"]) == 0
+    for clip in made:
+        with av.open(str(clip)) as c:
+            decoded = sum(1 for _ in c.decode(video=0))
+        assert len(list((out / clip.stem).iterdir())) == decoded, clip.name
+
+
+def test_range_copies_audio_to_the_end_of_the_range(toy_onnx, tmp_path, capsys):
+    # the muxer left to write packets as they come: all video first, then the audio, as loosely
+    # interleaved files do; the range's audio lies in the file after the range's last frame
+    clip = make_clip(tmp_path / "late.mkv", "mpeg4", "matroska", audio=True, options={"max_interleave_delta": "1"},
+                     n=12)
+    out = tmp_path / "out"
+    # [0.1, 0.4): frames at 2/12, 3/12, 4/12; AAC frames of 1024 samples (64 ms) run on to 0.4
+    assert main(["infer", str(toy_onnx), str(clip), "-o", str(out), "--start", "0.1", "--duration", "0.3",
+                 "--format", "overlay"]) == 0
+    assert "frames/s" in capsys.readouterr().out  # the summary's speed is in frames for a clip
+    types, _, times, _ = _probe(out / "late.mp4")
+    assert types == ["video", "audio"] and len(times) == 3
+    with av.open(str(out / "late.mp4")) as c:
+        packets = [p for p in c.demux(audio=0) if p.size]
+    span = float((packets[-1].pts + packets[-1].duration - packets[0].pts) * packets[0].time_base)
+    assert span == pytest.approx(0.3, abs=1024 / 16000)

@@ -143,36 +143,72 @@ class _Decoder:
     def _run(self) -> None:
         av = _av()
         index = 0
+        last_t = last_len = None  # the newest frame's time and length (seconds)
+        widest = 1 / float(self.info.rate)  # the longest frame interval seen: one frame's slack at the end
         try:
             if self.start > 0:
                 self.container.seek(int(self.start / self.info.time_base), stream=self.stream, backward=True)
             streams = [self.stream] + ([self.audio_stream] if self.audio_stream is not None else [])
+            video_done = False
             for packet in self.container.demux(streams):
                 if self.stop.is_set():
                     return
                 if packet.stream.type == "audio":
-                    if packet.pts is not None and self._in_range(float(packet.pts * packet.time_base)):
+                    if packet.pts is None:
+                        continue
+                    t = float(packet.pts * packet.time_base)
+                    if self.end is not None and t >= self.end:
+                        if video_done:  # audio runs on past the range's last frame, up to its end
+                            break
+                        continue
+                    if self._in_range(t):
                         self.audio.append(packet)
+                    continue
+                if video_done:
                     continue
                 for frame in packet.decode():
                     t = float(frame.pts * self.info.time_base if frame.pts is not None else index / self.info.rate)
                     if t < self.start - 1e-6:
                         continue
                     if self.end is not None and t >= self.end - 1e-6:
-                        return
+                        video_done = True
+                        break
                     # a container without timestamps: the frame's place at the nominal rate
                     pts = frame.pts if frame.pts is not None else round(index / self.info.rate / self.info.time_base)
                     if self.first_pts is None:
                         self.first_pts = pts
                     self._put(_Frame(frame.to_ndarray(format="rgb24"), pts, index))
+                    if last_t is not None and t > last_t:
+                        widest = max(widest, t - last_t)
+                    last_t = t if last_t is None else max(last_t, t)
+                    last_len = float(frame.duration * self.info.time_base) if frame.duration else None
                     self.last_good = index
                     index += 1
-            if self.info.frames and index < self.info.frames:
-                self.error = f"truncated: {index} of {self.info.frames} frames decoded"
+                if video_done and self.audio_stream is None:
+                    break
+            else:  # the end of the file, not of the range
+                self.error = self._short(last_t, last_len, widest)
         except av.FFmpegError as exc:
+            # the demuxer or the decoder gave up mid-stream: the same as a cut file
             self.error = f"corrupt or truncated ({_first(exc)})"
         finally:
             self._put(self._END)
+
+    def _short(self, last_t: float | None, last_len: float | None, widest: float) -> str | None:
+        """At the end of the file: why the frames stop short of where the stream says it ends, or None.
+
+        The frame count of an index is not used: AVI counts empty packets, Matroska and WebM keep none.
+        """
+        declared = _declared_end(self.container, self.stream)
+        if declared is None:
+            return None  # nothing to compare with (raw streams, live recordings)
+        expected = declared if self.end is None else min(declared, self.end)
+        if expected <= self.start + widest:
+            return None
+        reached = self.start if last_t is None else last_t + (last_len or 1 / float(self.info.rate))
+        if reached + widest >= expected - 1e-3:  # Matroska rounds times to the millisecond
+            return None
+        return f"truncated: frames end at {reached:.3f} s, the file says {expected:.3f} s"
 
     def _in_range(self, t: float) -> bool:
         # from the start, everything: AAC's priming packet has a negative time and must stay
@@ -194,6 +230,29 @@ class _Decoder:
         self.stop.set()
         self.thread.join()
         self.container.close()
+
+
+def _declared_end(container: Any, stream: Any) -> float | None:
+    """Where the file says the video stream ends (seconds, on the frames' clock), or None.
+
+    Matroska and WebM: the track's DURATION tag (the segment's duration includes the audio, which
+    may run longer), taken as an end time: were it a length from a later start, the check would
+    only be laxer, never flag a complete clip.
+    MP4, MOV, AVI, MPEG-TS: the stream's own start and duration. Otherwise the container's
+    duration, only when the video is its only stream.
+    """
+    tag = next((v for k, v in stream.metadata.items() if k.upper() == "DURATION"), None)
+    if tag:
+        try:
+            h, m, sec = tag.split(":")
+            return int(h) * 3600 + int(m) * 60 + float(sec)
+        except ValueError:
+            pass
+    if stream.duration and stream.time_base:
+        return float(((stream.start_time or 0) + stream.duration) * stream.time_base)
+    if container.duration and len(container.streams) == 1:
+        return ((container.start_time or 0) + container.duration) / 1_000_000
+    return None
 
 
 def _first(exc: BaseException) -> str:
