@@ -11,7 +11,7 @@ from __future__ import annotations
 import argparse
 import json
 
-from mgd_rt.cli.options import CALIBRATION_DEFAULTS, add_calibration_options, calibration_options
+from mgd_rt.cli.options import add_calibration_options, calibration_defaults, calibration_options
 from mgd_rt.errors import MgdRtError
 
 DESCRIPTION = (
@@ -58,7 +58,8 @@ def run(args: argparse.Namespace) -> int:
     from mgd_rt.engine import build_engine
 
     options = calibration_options(args, placement=False)
-    if args.calib_images is None and options != {k: CALIBRATION_DEFAULTS[k] for k in options}:
+    defaults = calibration_defaults()
+    if args.calib_images is None and any(options[k] != defaults[k] for k in options):
         # without --calib-images nothing is calibrated: a calibration flag would be silently ignored
         raise MgdRtError("-n, --method, --exclude, --no-default-exclusions, --seed and --no-cache "
                          "only apply with --int8 --calib-images DIR")

@@ -38,12 +38,16 @@ def add_device_option(parser: argparse.ArgumentParser) -> None:
     parser.add_argument("--device", default="cpu", help="cpu, cuda or cuda:N (default: cpu)")
 
 
-# mgd_rt.calibration.calibrate's defaults: shown in --help, and what `build` compares with to tell
-# calibration flags given without --calib-images
-CALIBRATION_DEFAULTS: dict[str, Any] = {
-    "num_images": 64, "method": "max", "exclude": (), "seed": 0, "default_exclusions": True, "cache": True,
-    "target": "tensorrt",
-}
+def calibration_defaults() -> dict[str, Any]:
+    """mgd_rt.calibration.calibrate's own defaults, read from its signature (one place states them):
+    shown in --help, and what ``build`` compares with to tell calibration flags given without
+    --calib-images."""
+    import inspect
+
+    from mgd_rt.calibration.quantize import calibrate
+
+    return {name: p.default for name, p in inspect.signature(calibrate).parameters.items()
+            if p.default is not inspect.Parameter.empty}
 
 
 def add_calibration_options(
@@ -61,11 +65,13 @@ def add_calibration_options(
     """
     from mgd_rt.calibration.quantize import METHODS, TARGETS
 
+    defaults = calibration_defaults()
+
     group = parser.add_argument_group("calibration")
     group.add_argument(images_flag, metavar="DIR", help=images_help)
-    group.add_argument("-n", "--num-images", type=int, default=CALIBRATION_DEFAULTS["num_images"], metavar="N",
+    group.add_argument("-n", "--num-images", type=int, default=defaults["num_images"], metavar="N",
                        help=f"images to sample (seeded) from {images_flag} (default: 64)")
-    group.add_argument("--method", choices=METHODS, default=CALIBRATION_DEFAULTS["method"],
+    group.add_argument("--method", choices=METHODS, default=defaults["method"],
                        help="activation range method (default: max, the most accurate on the seeded and "
                        "fixture weights; entropy and percentile clip outliers, which trained weights may have)")
     group.add_argument("--exclude", action="append", default=[], metavar="PATTERN",
@@ -74,10 +80,10 @@ def add_calibration_options(
     group.add_argument("--no-default-exclusions", dest="default_exclusions", action="store_false",
                        help="quantize the layers the sensitivity sweep keeps in FP32 too")
     if placement:
-        group.add_argument("--target", choices=TARGETS, default=CALIBRATION_DEFAULTS["target"],
+        group.add_argument("--target", choices=TARGETS, default=defaults["target"],
                            help="Q/DQ placement: tensorrt (ModelOpt, for TensorRT) or cpu (ONNX Runtime's "
                            "quantizer, for its CPU integer kernels) (default: tensorrt)")
-    group.add_argument("--seed", type=int, default=CALIBRATION_DEFAULTS["seed"], help="sampling seed (default: 0)")
+    group.add_argument("--seed", type=int, default=defaults["seed"], help="sampling seed (default: 0)")
     group.add_argument("--no-cache", dest="cache", action="store_false",
                        help="prepare the images again instead of reading the cache")
 
