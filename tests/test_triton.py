@@ -13,7 +13,6 @@ import hashlib
 import json
 import os
 import shutil
-import signal
 import socket
 import subprocess
 import sys
@@ -23,6 +22,7 @@ from pathlib import Path
 
 import numpy as np
 import pytest
+from reliability_helpers import stop_group as _stop
 from runtime_helpers import make_toy_onnx
 
 from mgd_rt.contract import INPUT_NAME, OUTPUT_NAME
@@ -258,21 +258,6 @@ def _wait_ready(url: str, proc: subprocess.Popen, deadline: float) -> None:
         raise AssertionError("mgd-rt serve was not ready within the deadline")
     finally:
         client.close()
-
-
-def _stop(proc: subprocess.Popen) -> None:
-    """SIGTERM to the server's process group (PyTriton, tritonserver, its stubs); SIGKILL after 30 s."""
-    if proc.poll() is None:
-        os.killpg(proc.pid, signal.SIGTERM)
-        try:
-            proc.wait(timeout=30)
-        except subprocess.TimeoutExpired:
-            pass
-    try:
-        os.killpg(proc.pid, signal.SIGKILL)  # whatever of the group is left (tritonserver children)
-    except ProcessLookupError:
-        pass
-    proc.wait(timeout=10)
 
 
 def test_serve_dynamic_batching_many_clients(tiny_onnx: Path, tmp_path: Path) -> None:

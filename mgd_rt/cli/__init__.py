@@ -9,7 +9,9 @@ from __future__ import annotations
 import argparse
 import importlib
 import logging
+import signal
 import sys
+import threading
 from collections.abc import Callable
 
 from mgd_rt.engine import enable_engine_cache
@@ -56,18 +58,40 @@ def configure_logging(verbose: bool = False, quiet: bool = False) -> None:
     logging.getLogger("mgd_rt").setLevel(level)
 
 
+class Terminated(KeyboardInterrupt):
+    """SIGTERM, raised in the main thread like Ctrl-C so the same clean-up runs (a batch job, a
+    container stop and a scheduler's kill all end the way an interactive Ctrl-C does)."""
+
+
+def _raise_terminated(signum: int, frame: object) -> None:
+    raise Terminated()
+
+
+# exit codes of an interrupted command: 128 + the signal number, what a shell reports
+EXIT_INTERRUPTED = 128 + signal.SIGINT
+EXIT_TERMINATED = 128 + signal.SIGTERM
+
+
 def _execute(func: Callable[[argparse.Namespace], int | None], args: argparse.Namespace) -> int:
-    """Run a command with the CLI's contract: user errors in one line (exit 1), bugs keep their traceback."""
+    """Run a command with the CLI's contract: user errors in one line (exit 1), bugs keep their traceback,
+    SIGINT and SIGTERM stop it cleanly (exit 130 and 143): files being written are finished or removed."""
     configure_logging(getattr(args, "verbose", False), getattr(args, "quiet", False))
     enable_engine_cache()  # an .onnx on --backend tensorrt is built once through the engine cache
+    # signal handlers can only be set from the main thread (main() called from a worker thread: leave them)
+    previous = (signal.signal(signal.SIGTERM, _raise_terminated)
+                if threading.current_thread() is threading.main_thread() else None)
     try:
         return int(func(args) or 0)
     except MgdRtError as exc:
         print(f"mgd-rt: error: {exc}", file=sys.stderr)
         return 1
-    except KeyboardInterrupt:
-        print("mgd-rt: interrupted", file=sys.stderr)
-        return 130
+    except KeyboardInterrupt as exc:
+        terminated = isinstance(exc, Terminated)
+        print(f"mgd-rt: {'terminated' if terminated else 'interrupted'}", file=sys.stderr)
+        return EXIT_TERMINATED if terminated else EXIT_INTERRUPTED
+    finally:
+        if previous is not None:
+            signal.signal(signal.SIGTERM, previous)
 
 
 def main(argv: list[str] | None = None) -> int:

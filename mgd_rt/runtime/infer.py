@@ -25,7 +25,7 @@ import numpy as np
 from mgd_rt.errors import MgdRtError
 from mgd_rt.runtime.compose import Cutout
 from mgd_rt.runtime.image_io import IMAGE_SUFFIXES, decode_image
-from mgd_rt.runtime.outputs import FORMATS, write_result, write_result_stream
+from mgd_rt.runtime.outputs import FORMATS, write_failure, write_result, write_result_stream
 from mgd_rt.runtime.segmenter import Result, Segmenter
 from mgd_rt.runtime.video import VIDEO_SUFFIXES, is_video, segment_video, video_target
 
@@ -65,8 +65,13 @@ class InferSummary:
         windows = f", windows run {self.windows_run}/{self.windows_total}" if self.windows_total else ""
         windows += f", {self.frames} video frames" if self.frames else ""
         verdict = "ok" if not self.failed else "FAILED"
+        # a clip is one of "done" but many frames, so its speed is frames/s; a mixed run shares its time
+        clips = sum(map(is_video, self.written)) if self.frames else 0
+        per_s = 1 / self.seconds if self.seconds > 0 else 0.0
+        speed = [f"{(self.done - clips) * per_s:.2f} images/s"] if self.done > clips or not self.frames else []
+        speed += [f"{self.frames * per_s:.2f} frames/s"] if self.frames else []
         return (f"{verdict}: {self.done} done, {self.skipped} skipped (exist), {len(self.failed)} failed in "
-                f"{self.seconds:.1f} s ({self.images_per_second:.2f} images/s); {self.backend}, "
+                f"{self.seconds:.1f} s ({', '.join(speed)}); {self.backend}, "
                 f"precision {self.precision}{windows}")
 
 
@@ -352,9 +357,15 @@ def run_jobs(
             except MgdRtError as exc:
                 fail(str(exc))
             except OSError as exc:
-                fail(f"{_name(result.source)}: cannot write the output ({exc.strerror or exc})")
+                # a full disk or a file-size limit: name the output that was not written (its temporary
+                # file is already gone) and go on; a smaller output may still fit
+                fail(write_failure(_name(result.source), "to stdout" if out.to_stdout else targets[id(result.source)],
+                                   exc))
             bar.update(summary.done, len(summary.failed))
 
+    # Ctrl-C or SIGTERM (a KeyboardInterrupt in this thread, see mgd_rt.cli) leaves this block through
+    # the executor's shutdown, which waits for the writes in flight: each is finished and renamed, or
+    # its temporary file removed, so an interrupted run leaves only whole outputs and a rerun resumes
     with ThreadPoolExecutor(1, thread_name_prefix="mgd-rt-write") as writer:
         for result in seg.stream(s for s in sources if not isinstance(s, _Failed)):
             if not result.ok:
@@ -406,7 +417,7 @@ def _run_video(
         fail(str(exc))
         return
     except OSError as exc:
-        fail(f"{job.source}: cannot write the output ({exc.strerror or exc})")
+        fail(write_failure(job.source, target, exc))
         return
     summary.done += 1
     summary.frames += result.frames

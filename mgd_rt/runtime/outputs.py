@@ -76,6 +76,12 @@ def _pil(array: np.ndarray) -> Image.Image:
     return Image.fromarray(np.ascontiguousarray(array), mode)
 
 
+def write_failure(source: object, target: object, exc: OSError) -> str:
+    """The one line for an output that could not be written (a full disk, a file-size limit, a vanished
+    folder): the input, the output it was going to, and the system's reason."""
+    return f"{source}: cannot write the output {target} ({exc.strerror or exc})"
+
+
 def write_result(
     result: Result, path: Path, fmt: str, threshold: float = 0.5, cutout: Cutout | None = None
 ) -> Path:

@@ -23,10 +23,10 @@ from typing import Any, TextIO
 
 import numpy as np
 
-from mgd_rt.errors import MgdRtError
+from mgd_rt.errors import MgdRtError, first_line
 from mgd_rt.runtime.image_io import read_image
 from mgd_rt.runtime.infer import InferSummary, start_job
-from mgd_rt.runtime.outputs import FORMATS
+from mgd_rt.runtime.outputs import FORMATS, write_failure
 
 log = logging.getLogger("mgd_rt")
 
@@ -93,7 +93,7 @@ def _write_row(row: dict[str, Any], format: str, threshold: float) -> dict[str, 
     except MgdRtError as exc:
         out["error"] = str(exc)
     except OSError as exc:
-        out["error"] = f"{row['source']}: cannot write the output ({exc.strerror or exc})"
+        out["error"] = write_failure(row["source"], row["target"], exc)
     return out
 
 
@@ -188,12 +188,23 @@ def segment_dataset(
             num_cpus=cpus_per_actor, num_gpus=gpus_per_actor,
         )
         ds = ds.map(_write_row, fn_kwargs={"format": format, "threshold": threshold}, num_cpus=cpus_per_task)
-        for row in ds.iter_rows():  # streaming: results arrive as images finish, in no fixed order
-            if row["error"]:
-                fail(row["error"])
-            else:
-                summary.done += 1
-                summary.written.append(Path(row["target"]))
+        seen: set[str] = set()
+        lost = "no result came back"
+        try:
+            for row in ds.iter_rows():  # streaming: results arrive as images finish, in no fixed order
+                seen.add(row["target"])
+                if row["error"]:
+                    fail(row["error"])
+                else:
+                    summary.done += 1
+                    summary.written.append(Path(row["target"]))
+        except ray.exceptions.RayError as exc:  # e.g. an actor that died more often than Ray retries
+            lost = f"the Ray job failed ({first_line(exc)})"
+        # Ray retries a killed actor's work; whatever still has no row must not leave the summary
+        # silently short: each missing image is one line, and a second run finishes only those
+        for item in items:
+            if item["target"] not in seen:
+                fail(f"{item['source']}: {lost}; its output {item['target']} was not written (run again to finish)")
     finally:
         if started_here:
             ray.shutdown()

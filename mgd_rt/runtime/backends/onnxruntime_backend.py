@@ -58,6 +58,11 @@ def ort_session(
     options.graph_optimization_level = (ort.GraphOptimizationLevel.ORT_ENABLE_ALL if optimize
                                         else ort.GraphOptimizationLevel.ORT_DISABLE_ALL)
     options.add_session_config_entry("session.x64quantprecision", "1")
+    # No memory pattern: with it, each new input shape (a server's dynamic batches of 1..max) plans
+    # and keeps one more block in the CPU arena, which never shrinks. Measured (tiny, S=256, batches
+    # of 1-4 in random order, 2 cores): resident 349 -> 576 MB with it, flat at 349 MB without, at
+    # the same speed (48.3 vs 49.1 ms per image).
+    options.enable_mem_pattern = False
     if threads:
         options.intra_op_num_threads = threads
     if log_severity is not None:
@@ -122,9 +127,15 @@ class OnnxRuntimeBackend(Backend):
         self.check_io(inputs, (o.name for o in self.session.get_outputs()), str(path))
         meta = self.session.get_modelmeta().custom_metadata_map
         shape = inputs[INPUT_NAME].shape  # (B, 3, S, S) with B symbolic or fixed
-        size = meta.get("image_size") or (shape[-1] if isinstance(shape[-1], int) else None)
+        static = [d for d in shape[-2:] if isinstance(d, int)]
+        size = meta.get("image_size") or (static[-1] if static else None)
         if size is None:
             raise MgdRtError(f"{path}: neither an image_size metadata prop nor a static input size")
+        # a graph whose metadata disagrees with its own input would fail on every image; refuse it
+        # here, before any image is read
+        if not str(size).isdigit() or any(d != int(size) for d in static):
+            raise MgdRtError(f"{path}: its image_size metadata ({size}) does not match its input "
+                             f"{INPUT_NAME!r} of shape {list(shape)}; re-export the graph")
         self.image_size = int(size)
         self.fixed_batch = shape[0] if isinstance(shape[0], int) else None
         self.apply_metadata(meta)
