@@ -61,10 +61,14 @@ def make_clip(path: Path, codec: str, muxer: str, audio: bool, options: dict[str
     return path
 
 
-def _cut(path: Path, name: str, keep: float = 0.5) -> Path:
-    """The first ``keep`` of ``path``'s bytes: a download or a copy that stopped mid-way."""
+def _cut(path: Path, name: str, packets: int = 3) -> Path:
+    """``path`` cut right after its first ``packets`` video packets: a download or a copy that stopped
+    mid-way. Cut by packet, not by a fraction of the bytes: the encoders' output size varies, and a
+    fixed fraction can land inside the first key frame (then no frame decodes at all)."""
+    with av.open(str(path)) as container:
+        ends = [p.pos + p.size for p in container.demux(video=0) if p.pos is not None and p.size]
     data = path.read_bytes()
-    (cut := path.with_name(name)).write_bytes(data[: int(len(data) * keep)])
+    (cut := path.with_name(name)).write_bytes(data[: max(ends[:packets])])
     return cut
 
 
@@ -77,7 +81,7 @@ def clips(tmp_path_factory) -> dict[str, Path]:
     # Matroska and WebM keep no frame count: a cut copy is found by its declared duration
     mkv = make_clip(root / "x264_aac.mkv", "libx264", "matroska", audio=True)
     return {"mp4": mp4, "webm": webm, "mkv": mkv, "cut": _cut(mp4, "cut.mp4"), "cut_mkv": _cut(mkv, "cut_mkv.mkv"),
-            "cut_webm": _cut(webm, "cut_webm.webm", 0.75)}  # half: inside the key frame
+            "cut_webm": _cut(webm, "cut_webm.webm")}
 
 
 def _probe(path: Path) -> tuple[list[str], Fraction, list[float], list[np.ndarray]]:
