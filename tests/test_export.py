@@ -200,3 +200,24 @@ def test_bplus_1024(tmp_path):
     assert max(c.sigmoid_mae for c in result.verification[1].comparisons) < 2e-3
     assert _rtx_build(result.path) > 0
     assert _rtx_build(fp16_path(result.path)) > 0
+
+
+def test_export_is_the_same_file_whatever_the_hash_seed(tmp_path):
+    """Two exports of one checkpoint in processes with different Python hash seeds are byte-identical
+    (the passes used to leave a seed-dependent number of duplicate value_info entries)."""
+    import hashlib
+    import os
+    import subprocess
+    import sys
+
+    digests = []
+    for seed in ("1", "2"):
+        out = tmp_path / f"seed{seed}.onnx"
+        code = ("from mgd_rt.export import export_onnx; "
+                f"export_onnx({str(CKPT)!r}, image_size=256, output={str(out)!r}, verify_graph=False)")
+        subprocess.run([sys.executable, "-c", code], check=True, capture_output=True,
+                       env={**os.environ, "PYTHONHASHSEED": seed})
+        digests.append(hashlib.sha256(out.read_bytes()).hexdigest())
+        names = [v.name for v in onnx.load(str(out)).graph.value_info]
+        assert len(names) == len(set(names))  # no duplicate shape entries
+    assert digests[0] == digests[1]

@@ -178,6 +178,20 @@ def simplify(model: onnx.ModelProto) -> onnx.ModelProto:
     return onnxslim.slim(model)
 
 
+def drop_duplicate_shapes(model: onnx.ModelProto) -> int:
+    """Keep the first value_info entry of each tensor; returns how many were dropped."""
+    seen: set[str] = set()
+    kept = []
+    for info in model.graph.value_info:
+        if info.name not in seen:
+            seen.add(info.name)
+            kept.append(info)
+    dropped = len(model.graph.value_info) - len(kept)
+    del model.graph.value_info[:]
+    model.graph.value_info.extend(kept)
+    return dropped
+
+
 def set_metadata(model: onnx.ModelProto, props: dict[str, str]) -> None:
     """Write ``props`` (artifacts.METADATA_KEYS) as ONNX metadata_props, replacing old values."""
     kept = [p for p in model.metadata_props if p.key not in props]
