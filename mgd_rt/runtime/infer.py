@@ -41,6 +41,11 @@ class Job:
     source: Path
     relative: Path
 
+    @property
+    def is_video(self) -> bool:
+        """A clip (by suffix); ``-`` (stdin) is always one image."""
+        return self.source != Path(STDIO) and is_video(self.source)
+
 
 @dataclass
 class InferSummary:
@@ -56,6 +61,7 @@ class InferSummary:
     windows_run: int = 0
     written: list[Path] = field(default_factory=list)
     frames: int = 0  # video frames segmented
+    clips: int = 0  # videos done (counted in ``done`` too)
 
     @property
     def images_per_second(self) -> float:
@@ -66,9 +72,9 @@ class InferSummary:
         windows += f", {self.frames} video frames" if self.frames else ""
         verdict = "ok" if not self.failed else "FAILED"
         # a clip is one of "done" but many frames, so its speed is frames/s; a mixed run shares its time
-        clips = sum(map(is_video, self.written)) if self.frames else 0
         per_s = 1 / self.seconds if self.seconds > 0 else 0.0
-        speed = [f"{(self.done - clips) * per_s:.2f} images/s"] if self.done > clips or not self.frames else []
+        speed = [f"{(self.done - self.clips) * per_s:.2f} images/s"] if self.done > self.clips or not self.frames \
+            else []
         speed += [f"{self.frames * per_s:.2f} frames/s"] if self.frames else []
         return (f"{verdict}: {self.done} done, {self.skipped} skipped (exist), {len(self.failed)} failed in "
                 f"{self.seconds:.1f} s ({', '.join(speed)}); {self.backend}, "
@@ -169,7 +175,7 @@ def prepare_outdir(outdir: Path) -> None:
 def output_path(job: Job, outdir: Path, format: str, frames: bool = False) -> Path:
     """Where ``job``'s output goes: the format's suffix for an image, its video form (or a frame
     folder) for a clip."""
-    if job.source != Path(STDIO) and is_video(job.source):
+    if job.is_video:
         return outdir / video_target(job.relative, format, frames)
     return outdir / job.relative.with_suffix(FORMATS[format])
 
@@ -223,7 +229,7 @@ def start_job(
     for line in problems:
         fail(line)
     if str(outdir) == STDIO:
-        if len(jobs) != 1 or (jobs[0].source != Path(STDIO) and is_video(jobs[0].source)):
+        if len(jobs) != 1 or jobs[0].is_video:
             raise MgdRtError(f"-o -: writes one image to stdout; got {len(jobs)} input(s)"
                              + (" (a video)" if len(jobs) == 1 else ""))
         return [(jobs[0], Path(STDIO))], summary, fail
@@ -322,8 +328,8 @@ def run_jobs(
     """Segment planned (job, target) pairs with an open Segmenter: images through its stream with a
     writer thread, then each video; results and failures are added to ``summary``. Shared with
     :mod:`mgd_rt.runtime.watch`."""
-    videos = [(job, target) for job, target in todo if job.source != Path(STDIO) and is_video(job.source)]
-    images = [(job, target) for job, target in todo if (job, target) not in videos]
+    videos = [(job, target) for job, target in todo if job.is_video]
+    images = [(job, target) for job, target in todo if not job.is_video]
     bar.total += len(images) + len(summary.failed)  # the bar counts done + failed
     say(f"mgd-rt: {len(images)} image(s) and {len(videos)} video(s) to segment with {summary.backend}")
 
@@ -420,5 +426,6 @@ def _run_video(
         fail(write_failure(job.source, target, exc))
         return
     summary.done += 1
+    summary.clips += 1
     summary.frames += result.frames
     summary.written.append(target)
