@@ -19,7 +19,7 @@ from typing import Any
 
 from mgd_rt.errors import MgdRtError
 
-# compute precisions an artifact can have (I/O is always float32)
+# compute precisions an artifact can have (output float32; input float32 or uint8 pixels, see contract)
 PRECISIONS = ("fp32", "fp16", "int8")
 # model files by suffix: PyTorch checkpoints (pickles are opened weights_only), ONNX graphs, engines
 CHECKPOINT_SUFFIXES = (".pth", ".pt", ".bin", ".ckpt", ".safetensors")
@@ -33,13 +33,14 @@ METADATA_KEYS: dict[str, str] = {
     "image_size": "S, the side of the square input, decimal",
     "mean": "normalisation mean, comma-separated RGB floats",
     "std": "normalisation std, comma-separated RGB floats",
-    "precision": "fp32, fp16 or int8: the graph's compute precision (I/O is always float32)",
+    "precision": "fp32, fp16 or int8: the graph's compute precision (the output is always float32)",
     "opset": "ONNX default-domain opset, decimal",
     "mgd_rt_version": "mgd-rt version that wrote the graph",
     "checkpoint_sha256": "sha256 hex of the source checkpoint file, or 'untrained'",
 }
 # optional prop: the input size whose grid the baked MCEM codes come from (the authors' TTA quirk)
 CODE_SIZE_KEY = "mcem_code_size"
+# optional prop contract.INPUT_FORMAT_KEY: "uint8" when the input is (B, S, S, 3) pixels; absent = float32
 UNTRAINED = "untrained"  # checkpoint_sha256 of seeded weights
 
 

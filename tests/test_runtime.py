@@ -295,7 +295,14 @@ def test_backend_shared_refusals():
                                          r"only, has inputs \['extra', 'image'\]"):
         backend.check_io(["image", "extra"], ["mask_logits"], "m", only=True)
     with pytest.raises(MgdRtError, match=r"'mask_logits' is FP16; the contract's I/O is float32"):
-        backend.check_float32("m", {"image": "FP32", "mask_logits": "FP16"}, "FP32")
+        backend.check_io_types("m", {"image": "FP32", "mask_logits": "FP16"}, "FP32", "UINT8")
+    backend.apply_metadata({"input_format": "uint8"})
+    backend.check_io_types("m", {"image": "UINT8", "mask_logits": "FP32"}, "FP32", "UINT8")
+    with pytest.raises(MgdRtError, match=r"m: 'image' is FP32; the contract's I/O is uint8 pixels in, float32 out"):
+        backend.check_io_types("m", {"image": "FP32", "mask_logits": "FP32"}, "FP32", "UINT8")
+    with pytest.raises(MgdRtError, match=r"input_format 'rgb16' in the thing's metadata"):
+        backend.apply_metadata({"input_format": "rgb16"})
+    backend.apply_metadata({})
     backend.check_dtype(None, "m")
     backend.check_dtype("fp32", "m")
     with pytest.raises(MgdRtError, match="--dtype int8: m is a fp32 thing; make one, or leave --dtype out"):

@@ -15,7 +15,7 @@ from mgd_rt.artifacts import check_output_path, int8_path, metadata_floats
 from mgd_rt.calibration import data as calib_data
 from mgd_rt.calibration.exclusions import DEFAULT_EXCLUDE_OP_TYPES, default_excluded_nodes, match_patterns
 from mgd_rt.calibration.ranges import METHODS, collect_ranges
-from mgd_rt.contract import IMAGENET_MEAN, IMAGENET_STD, INPUT_NAME
+from mgd_rt.contract import FLOAT_INPUT, IMAGENET_MEAN, IMAGENET_STD, INPUT_FORMAT_KEY, INPUT_NAME
 from mgd_rt.errors import MgdRtError
 from mgd_rt.runtime.samples import CALIBRATION_PHOTOS
 
@@ -66,6 +66,9 @@ def load_fp32_graph(onnx_path: Path):
             f"{onnx_path}: already quantized ({', '.join(quantized) or 'precision int8'}): "
             "calibrate the FP32 graph mgd-rt export wrote"
         )
+    if meta.get(INPUT_FORMAT_KEY, FLOAT_INPUT) != FLOAT_INPUT:
+        raise MgdRtError(f"{onnx_path}: a pixel-input graph (exported with --uint8-input); calibrate the float32-input "
+                         "graph (mgd-rt export without --uint8-input)")
     halves = any(t.data_type == onnx.TensorProto.FLOAT16 for t in model.graph.initializer)
     if meta.get("precision") == "fp16" or halves:
         raise MgdRtError(

@@ -55,7 +55,10 @@ def add_export_arguments(parser: argparse.ArgumentParser) -> None:
     parser.add_argument("--fp16", action="store_true", help="also write the FP16 graph <name>.fp16.onnx")
     parser.add_argument("--batch", type=parse_batch, default=None, metavar="dynamic|N",
                         help="batch dimension: dynamic (default) or fixed N")
-    parser.add_argument("--opset", type=int, default=None, help="ONNX opset (default: 18)")
+    parser.add_argument("--opset", type=int, default=None, help="ONNX opset (default: 20)")
+    parser.add_argument("--uint8-input", dest="pixel_input", action="store_true",
+                        help="input uint8 (B, S, S, 3) RGB pixels, normalised inside the graph: clients send a "
+                        "quarter of the bytes and do no float work (the runtime picks it up from the metadata)")
     parser.add_argument("--no-verify", dest="verify", action="store_false",
                         help="skip the ONNX Runtime comparison with the PyTorch model")
     parser.add_argument("--images", metavar="DIR", help="verify on these images (default: scikit-image samples)")
@@ -74,7 +77,8 @@ def run(args: argparse.Namespace) -> int:
 
     sizes = args.image_size or [None]
     common = dict(checkpoint=args.checkpoint, variant=args.variant, output=args.output, fp16=args.fp16,
-                  batch=args.batch, opset=args.opset, verify_graph=args.verify, images=args.images)
+                  batch=args.batch, opset=args.opset, verify_graph=args.verify, images=args.images,
+                  pixel_input=args.pixel_input)
     if len(sizes) > 1 or args.paper_codes:
         if sizes == [None]:
             raise MgdRtError("--paper-codes needs the list of TTA sizes, e.g. --image-size 768,1024,1280")

@@ -90,7 +90,8 @@ def build_engine(
 ) -> BuildResult:
     """Build ``onnx_path`` into ``output`` (default model.<precision>.engine) and its sidecar.
 
-    The engine takes ``image`` float32 (B, 3, S, S), B in the profile ``batch`` (MIN:OPT:MAX),
+    The engine takes ``image`` float32 (B, 3, S, S) (a pixel-input graph's: uint8 (B, S, S, 3)), B in the
+    profile ``batch`` (MIN:OPT:MAX),
     and returns ``mask_logits`` float32 (B, 1, S, S). ``precision`` None: the graph's own.
     ``library``: "auto" (tensorrt if installed, else tensorrt_rtx), "tensorrt" or "tensorrt_rtx".
     ``targets`` (TensorRT-RTX only): compute capabilities such as "sm86,sm89" to build for ahead of

@@ -130,7 +130,7 @@ def _set_timing_cache(plan: BuildPlan, setup: BuilderSetup) -> None:
 def configure_builder(plan: BuildPlan, parsed: ParsedNetwork) -> BuilderSetup:
     """The BuilderConfig: precision flag (TensorRT 10 FP16 only), workspace, optimisation level,
     portability, compute-capability targets, timing cache, progress monitor and the batch profile
-    for ``image`` (B, 3, S, S)."""
+    for ``image`` (B, 3, S, S) or, for a pixel input, (B, S, S, 3)."""
     trt = plan.lib.module
     config = parsed.builder.create_builder_config()
     if plan.derive == TRT_FP16_FLAG:
@@ -152,9 +152,8 @@ def configure_builder(plan: BuildPlan, parsed: ParsedNetwork) -> BuilderSetup:
     setup.monitor = _progress_monitor(trt) if plan.progress else None
     if setup.monitor is not None:
         config.progress_monitor = setup.monitor
-    s = plan.graph.image_size
     profile = parsed.builder.create_optimization_profile()
-    profile.set_shape(INPUT_NAME, *[(b, 3, s, s) for b in plan.profile])
+    profile.set_shape(INPUT_NAME, *[plan.graph.input_shape(b) for b in plan.profile])
     config.add_optimization_profile(profile)
     return setup
 

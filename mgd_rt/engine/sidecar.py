@@ -54,7 +54,8 @@ def build_sidecar(plan: BuildPlan, network, engine_bytes: int, derived: str | No
         "precision": plan.precision,
         "strongly_typed": bool(plan.strongly_typed),
         "profile": {"input": INPUT_NAME,
-                    **{k: [b, 3, s, s] for k, b in zip(("min", "opt", "max"), plan.profile, strict=True)}},
+                    **{k: list(plan.graph.input_shape(b))
+                       for k, b in zip(("min", "opt", "max"), plan.profile, strict=True)}},
         "inputs": inputs,
         "outputs": outputs,
         "image_size": s,

@@ -10,11 +10,12 @@ from pathlib import Path
 from typing import Any
 
 from mgd_rt.artifacts import PRECISIONS, file_sha256
-from mgd_rt.contract import INPUT_NAME, OUTPUT_NAME
+from mgd_rt.contract import INPUT_FORMAT_KEY, INPUT_NAME, OUTPUT_NAME, PIXEL_INPUT
 from mgd_rt.errors import MgdRtError, first_line
 
 # ONNX TensorProto element types -> the numpy spelling the sidecar uses
-_ONNX_DTYPES = {1: "float32", 10: "float16", 16: "bfloat16", 3: "int8", 6: "int32", 7: "int64", 9: "bool"}
+_ONNX_DTYPES = {1: "float32", 10: "float16", 16: "bfloat16", 2: "uint8", 3: "int8", 6: "int32", 7: "int64",
+                9: "bool"}
 
 
 @dataclass
@@ -30,6 +31,16 @@ class GraphInfo:
     inputs: list[dict[str, Any]]
     outputs: list[dict[str, Any]]
 
+    @property
+    def pixel_input(self) -> bool:
+        """True when the input is uint8 (B, S, S, 3) pixels (exported with --uint8-input)."""
+        return self.metadata.get(INPUT_FORMAT_KEY) == PIXEL_INPUT
+
+    def input_shape(self, batch: int) -> tuple[int, int, int, int]:
+        """The input's shape at ``batch``: (B, 3, S, S), or (B, S, S, 3) for a pixel input."""
+        s = self.image_size
+        return (batch, s, s, 3) if self.pixel_input else (batch, 3, s, s)
+
 
 def _dims(value_info) -> list[int]:
     # symbolic or unknown dims -> -1, TensorRT's spelling of "dynamic"
@@ -44,8 +55,9 @@ def _io(values) -> list[dict[str, Any]]:
 def read_graph(onnx_path: str | Path) -> tuple[GraphInfo, Any]:
     """(GraphInfo, the loaded ModelProto) of an mgd-rt graph; MgdRtError for anything else.
 
-    The graph must have input ``image`` float32 (B, 3, S, S) and output ``mask_logits``;
-    S comes from the ``image_size`` metadata (and must match the static input dims).
+    The graph must have input ``image`` float32 (B, 3, S, S) (uint8 (B, S, S, 3) when its metadata says
+    input_format uint8) and output ``mask_logits``; S comes from the ``image_size`` metadata (and must
+    match the static input dims).
     """
     import onnx
 
@@ -67,10 +79,13 @@ def read_graph(onnx_path: str | Path) -> tuple[GraphInfo, Any]:
                          f"has {sorted(inputs)} -> {sorted(outputs)}")
     meta = read_metadata(model)
     dims = _dims(inputs[INPUT_NAME])
-    if len(dims) != 4 or dims[1] != 3:
-        raise MgdRtError(f"{path}: input {INPUT_NAME!r} must be (B, 3, S, S), has {dims}")
-    size = int(meta["image_size"]) if "image_size" in meta else dims[-1]
-    if size <= 0 or dims[2:] != [size, size]:
+    pixels = meta.get(INPUT_FORMAT_KEY) == PIXEL_INPUT
+    channels, sides = (dims[3:], dims[1:3]) if pixels else (dims[1:2], dims[2:])
+    if len(dims) != 4 or channels != [3]:
+        layout = "(B, S, S, 3)" if pixels else "(B, 3, S, S)"
+        raise MgdRtError(f"{path}: input {INPUT_NAME!r} must be {layout}, has {dims}")
+    size = int(meta["image_size"]) if "image_size" in meta else sides[-1]
+    if size <= 0 or sides != [size, size]:
         raise MgdRtError(f"{path}: input {INPUT_NAME!r} is {dims}, metadata image_size {meta.get('image_size')}: "
                          "spatial size must be static and match; re-export with mgd-rt export")
     precision = meta.get("precision") or _detect_precision(model)

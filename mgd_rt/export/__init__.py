@@ -70,7 +70,7 @@ class ExportResult:
         out = [
             f"wrote {self.path} ({self.file_bytes / mb:.1f} MB), variant {self.variant}, S={self.image_size}, "
             f"batch {self.batch or 'dynamic'}, opset {self.opset}",
-            f"  input image {r.input_shape} float32 -> mask_logits {r.output_shape} float32",
+            f"  input image {r.input_shape} {r.input_dtype} -> mask_logits {r.output_shape} float32",
             f"  nodes: {self.nodes_exported} exported -> {self.nodes_final} final "
             f"({self.shape_rewrites} shape rewrites); Shape nodes {r.shape_nodes} (batch only); "
             f"If/Loop/Mod: {sum(r.forbidden.values())}",
@@ -112,11 +112,14 @@ def export_onnx(
     verify_graph: bool = True,
     images: str | Path | None = None,
     code_grid_size: int | None = None,
+    pixel_input: bool = False,
 ) -> ExportResult:
     """Export MGD-SAM2 to ``output`` (FP32) and, with ``fp16``, ``fp16_path(output)``.
 
     The graph: image float32 (B, 3, S, S) -> mask_logits float32 (B, 1, S, S); B dynamic
-    unless ``batch`` fixes it. Metadata props per artifacts.METADATA_KEYS. Files are written
+    unless ``batch`` fixes it. ``pixel_input``: image is uint8 (B, S, S, 3) RGB instead, normalised
+    inside the graph (metadata input_format uint8; the runtime then sends pixels).
+    Metadata props per artifacts.METADATA_KEYS. Files are written
     under temporary names and renamed, so an error leaves nothing half-written.
     ``code_grid_size``: bake the authors' TTA quirk, MCEM codes derived from that input size's
     grid (recorded as the ``mcem_code_size`` prop; see mgd_rt.runtime.tta).
@@ -124,7 +127,7 @@ def export_onnx(
     import onnx
 
     from mgd_rt.checkpoint import load_model
-    from mgd_rt.contract import IMAGENET_MEAN, IMAGENET_STD
+    from mgd_rt.contract import IMAGENET_MEAN, IMAGENET_STD, INPUT_FORMAT_KEY, PIXEL_INPUT
     from mgd_rt.export import graph as graphs
     from mgd_rt.export.torch_export import DEFAULT_OPSET, torch_to_onnx, used_parameter_bytes
     from mgd_rt.model.mcem import mcem_code_grid
@@ -158,7 +161,7 @@ def export_onnx(
     t0 = time.perf_counter()
     log.info("exporting %s at S=%d (dynamo exporter, opset %d)...", model.variant.name, model.image_size, opset)
     with mcem_code_grid(model, code_grid_size):  # the authors' TTA quirk, when asked for
-        proto = torch_to_onnx(model, batch, opset)
+        proto = torch_to_onnx(model, batch, opset, pixel_input)
     result.nodes_exported = len(proto.graph.node)
     step("export", t0)
 
@@ -183,6 +186,8 @@ def export_onnx(
     }
     if code_grid_size is not None:
         props[CODE_SIZE_KEY] = str(code_grid_size)
+    if pixel_input:
+        props[INPUT_FORMAT_KEY] = PIXEL_INPUT
     graphs.set_metadata(proto, props)
     # the shapes the passes left behind hold duplicates whose number follows Python's hash seed
     # (1,315 or 1,391 entries for 1,111 tensors on tiny): keep each tensor's first, so every export of

@@ -18,6 +18,7 @@ from contextlib import contextmanager
 import torch
 from torch import nn
 
+from mgd_rt.contract import IMAGENET_MEAN, IMAGENET_STD
 from mgd_rt.model import MGDSAM2, use_conv2d_pairs
 
 # Hiera's patch embedding has stride 4; the trunk sees S/2 views
@@ -68,3 +69,26 @@ def export_form(model: MGDSAM2) -> Iterator[MGDSAM2]:
         del trunk._get_pos_embed
         model.pe_layer = original_pe_layer
         use_conv2d_pairs(model, False)
+
+
+class PixelInput(nn.Module):
+    """``model`` behind a pixel input: uint8 (B, S, S, 3) RGB -> (B, 1, S, S) float32 logits.
+
+    The runtime's normalisation (mgd_rt.runtime.processing.normalise), inside the artifact and in
+    the same float32 order (/255, -mean, /std), so a client sends raw resized pixels: a quarter of
+    the bytes and no float work on the host.
+    """
+
+    def __init__(self, model: MGDSAM2, mean: tuple[float, ...] = IMAGENET_MEAN,
+                 std: tuple[float, ...] = IMAGENET_STD) -> None:
+        super().__init__()
+        self.model = model
+        self.image_size = model.image_size
+        self.register_buffer("mean", torch.tensor(mean, dtype=torch.float32).reshape(1, 3, 1, 1), persistent=False)
+        self.register_buffer("std", torch.tensor(std, dtype=torch.float32).reshape(1, 3, 1, 1), persistent=False)
+
+    def forward(self, image: torch.Tensor) -> torch.Tensor:
+        # cast first: TensorRT takes a uint8 tensor into a Cast only (its Transpose refuses uint8)
+        x = image.to(torch.float32).permute(0, 3, 1, 2)  # (B, S, S, 3) -> (B, 3, S, S)
+        x = x / 255.0
+        return self.model((x - self.mean) / self.std)

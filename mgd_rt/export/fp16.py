@@ -36,16 +36,36 @@ KEEP_FP32_OPS: tuple[str, ...] = (
 
 def full_resolution_convs(model: onnx.ModelProto) -> list[str]:
     """Names of the Conv nodes whose output has the input image's spatial size (the DRM's)."""
-    from mgd_rt.contract import INPUT_NAME
+    from mgd_rt.contract import OUTPUT_NAME
     from mgd_rt.export.graph import tensor_shapes
 
     shapes = tensor_shapes(model)
-    side = shapes[INPUT_NAME][-1]
+    side = shapes[OUTPUT_NAME][-1]  # the logits are (B, 1, S, S) whatever the input's layout
     return [
         node.name
         for node in model.graph.node
         if node.op_type == "Conv" and shapes.get(node.output[0], [None])[-1] == side
     ]
+
+
+def pixel_input_casts(model: onnx.ModelProto) -> list[str]:
+    """Names of the Cast nodes that turn a uint8 pixel input into float (export --uint8-input).
+
+    The converter would retype such a Cast's output to FP16 but keep its ``to`` float, an invalid
+    graph; blocked, it stays a uint8 -> float32 cast and the normalisation after it stays FP32.
+    """
+    from mgd_rt.contract import INPUT_NAME
+
+    graph = model.graph
+    image = next((i for i in graph.input if i.name == INPUT_NAME), None)
+    if image is None or image.type.tensor_type.elem_type != onnx.TensorProto.UINT8:
+        return []
+    names, frontier = [], {INPUT_NAME}
+    while frontier:  # through the layout ops on the uint8 tensor up to its Casts
+        consumers = [n for n in graph.node if frontier & set(n.input)]
+        names += [n.name for n in consumers if n.op_type == "Cast"]
+        frontier = {out for n in consumers if n.op_type != "Cast" for out in n.output}
+    return names
 
 
 def to_fp16(
@@ -60,6 +80,7 @@ def to_fp16(
     from onnxconverter_common import float16
 
     keep_nodes = full_resolution_convs(model) if keep_full_resolution_convs else []
+    keep_nodes += pixel_input_casts(model)
     model = onnx.ModelProto.FromString(model.SerializeToString())  # the FP32 graph stays as it is
     # stale FP32 value_info would contradict the converted types: let the converter re-infer
     del model.graph.value_info[:]

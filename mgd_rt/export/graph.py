@@ -218,6 +218,7 @@ class GraphReport:
     opset: int
     input_shape: list
     output_shape: list
+    input_dtype: str = "float32"
     violations: list[str] = field(default_factory=list)
 
     def as_dict(self) -> dict:
@@ -244,6 +245,7 @@ def graph_report(model: onnx.ModelProto, max_nodes: int | None = None) -> GraphR
     def dims(vi: onnx.ValueInfoProto) -> list:
         return [d.dim_param or d.dim_value for d in vi.type.tensor_type.shape.dim]
 
+    image = next(i for i in graph.input if i.name == INPUT_NAME)
     report = GraphReport(
         nodes=len(graph.node),
         op_counts=dict(ops.most_common()),
@@ -252,8 +254,9 @@ def graph_report(model: onnx.ModelProto, max_nodes: int | None = None) -> GraphR
         non_batch_shape_nodes=non_batch,
         initializer_bytes=init_bytes,
         opset=opset,
-        input_shape=dims(next(i for i in graph.input if i.name == INPUT_NAME)),
+        input_shape=dims(image),
         output_shape=dims(graph.output[0]),
+        input_dtype=onnx.helper.tensor_dtype_to_np_dtype(image.type.tensor_type.elem_type).name,
     )
     if forbidden:
         report.violations.append(f"forbidden ops {forbidden}")

@@ -16,7 +16,7 @@ import torch
 
 from mgd_rt.contract import BATCH_AXIS_NAME, INPUT_NAME, OUTPUT_NAME
 from mgd_rt.errors import MgdRtError
-from mgd_rt.export.forms import export_form
+from mgd_rt.export.forms import PixelInput, export_form
 from mgd_rt.model import MGDSAM2
 
 log = logging.getLogger("mgd_rt")
@@ -51,14 +51,26 @@ def used_parameter_bytes(model: MGDSAM2) -> tuple[int, int, list[str]]:
     return used, total, skipped
 
 
-def torch_to_onnx(model: MGDSAM2, batch: int | None, opset: int = DEFAULT_OPSET) -> onnx.ModelProto:
+def example_input(side: int, batch: int | None, pixel_input: bool = False) -> torch.Tensor:
+    """A seeded traced input: float32 (B, 3, S, S), or uint8 (B, S, S, 3) for a pixel input.
+
+    B=2 when the batch is dynamic: a batch of 1 would be specialised by torch.export.
+    """
+    generator = torch.Generator().manual_seed(0)
+    if pixel_input:
+        return torch.randint(0, 256, (batch or 2, side, side, 3), dtype=torch.uint8, generator=generator)
+    return torch.randn(batch or 2, 3, side, side, generator=generator)
+
+
+def torch_to_onnx(
+    model: MGDSAM2, batch: int | None, opset: int = DEFAULT_OPSET, pixel_input: bool = False
+) -> onnx.ModelProto:
     """Export ``model`` in its export form: image (B, 3, S, S) -> mask_logits (B, 1, S, S).
 
     ``batch`` None keeps B dynamic (named contract.BATCH_AXIS_NAME); an int fixes it.
+    ``pixel_input``: the input is uint8 (B, S, S, 3) RGB, normalised inside the graph (PixelInput).
     """
-    side = model.image_size
-    # trace with B=2 when dynamic: a batch of 1 would be specialised by torch.export
-    example = torch.randn(batch or 2, 3, side, side, generator=torch.Generator().manual_seed(0))
+    example = example_input(model.image_size, batch, pixel_input)
     dynamic_shapes = None
     if batch is None:
         dynamic_shapes = {"image": {0: torch.export.Dim(BATCH_AXIS_NAME, min=1, max=MAX_BATCH)}}
@@ -66,7 +78,7 @@ def torch_to_onnx(model: MGDSAM2, batch: int | None, opset: int = DEFAULT_OPSET)
         warnings.simplefilter("ignore")
         try:
             program = torch.onnx.export(
-                model,
+                PixelInput(model) if pixel_input else model,
                 (example,),
                 input_names=[INPUT_NAME],
                 output_names=[OUTPUT_NAME],

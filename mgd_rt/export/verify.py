@@ -14,10 +14,12 @@ from pathlib import Path
 
 import numpy as np
 
-from mgd_rt.contract import INPUT_NAME, OUTPUT_NAME
+from mgd_rt.artifacts import metadata_floats
+from mgd_rt.contract import IMAGENET_MEAN, IMAGENET_STD, INPUT_FORMAT_KEY, INPUT_NAME, OUTPUT_NAME, PIXEL_INPUT
 from mgd_rt.errors import MgdRtError
 from mgd_rt.numerics import Comparison, compare_logits
 from mgd_rt.runtime.backends.onnxruntime_backend import ort_session
+from mgd_rt.runtime.processing import normalise_batch, to_pixels
 from mgd_rt.runtime.samples import VERIFY_PHOTOS, network_inputs, sample_photos
 
 log = logging.getLogger("mgd_rt")
@@ -105,6 +107,12 @@ def verify(
         )
     if model is None:
         model = load_model(checkpoint, meta["variant"], size)
+    pixels = meta.get(INPUT_FORMAT_KEY) == PIXEL_INPUT
+    mean, std = metadata_floats(meta.get("mean"), IMAGENET_MEAN), metadata_floats(meta.get("std"), IMAGENET_STD)
+
+    def feed(x: np.ndarray) -> np.ndarray:  # what the graph's input takes: the pixels x was made from, or x
+        return to_pixels(x, mean, std) if pixels else x
+
     engine = None
     if path.suffix == ".engine":
         from mgd_rt.runtime.backends.tensorrt_backend import TensorRTBackend
@@ -116,7 +124,7 @@ def verify(
         session = ort_session(path, log_severity=3)  # errors only: ORT warns about FP16 Cast placement
         fixed_batch = session.get_inputs()[0].shape[0]
         fixed_batch = fixed_batch if isinstance(fixed_batch, int) else None
-        run, runner = (lambda x: session.run([OUTPUT_NAME], {INPUT_NAME: x})[0]), "ONNX Runtime CPU"
+        run, runner = (lambda x: session.run([OUTPUT_NAME], {INPUT_NAME: feed(x)})[0]), "ONNX Runtime CPU"
 
     if images is not None:
         inputs = network_inputs(images, size)
@@ -124,8 +132,12 @@ def verify(
         inputs = network_inputs(sample_photos(VERIFY_PHOTOS, hint="install the dev extra (pip install -e "
                                               "'.[dev]') or pass --images DIR"), size)
     rng = np.random.default_rng(0)
-    inputs.append((f"random x{fixed_batch or random_batch}", rng.standard_normal(
-        (fixed_batch or random_batch, 3, size, size)).astype(np.float32)))
+    n_random = fixed_batch or random_batch
+    if pixels:  # a pixel input takes 8-bit values only: random pixels, normalised for the PyTorch model
+        random_input = normalise_batch(rng.integers(0, 256, (n_random, size, size, 3), dtype=np.uint8), mean, std)
+    else:
+        random_input = rng.standard_normal((n_random, 3, size, size)).astype(np.float32)
+    inputs.append((f"random x{n_random}", random_input))
     report = VerifyReport(path.name, precision, runner=runner)
     for name, x in inputs:
         batch = x

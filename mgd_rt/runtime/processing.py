@@ -38,6 +38,29 @@ def normalise(
     return chw
 
 
+def normalise_batch(
+    pixels: np.ndarray, mean: tuple[float, ...] = IMAGENET_MEAN, std: tuple[float, ...] = IMAGENET_STD
+) -> np.ndarray:
+    """(B, h, w, 3) uint8 -> (B, 3, h, w) float32, each image as :func:`normalise`."""
+    return np.stack([normalise(rgb, mean, std) for rgb in pixels])
+
+
+def to_pixels(
+    batch: np.ndarray, mean: tuple[float, ...] = IMAGENET_MEAN, std: tuple[float, ...] = IMAGENET_STD
+) -> np.ndarray:
+    """(B, 3, h, w) normalised float32 -> (B, h, w, 3) uint8: the pixels it was made from.
+
+    The inverse of :func:`normalise`, rounded: exact for input normalised from 8-bit pixels (float32
+    error is far below half a level), clipped to 0..255 otherwise.
+    """
+    x = np.asarray(batch, dtype=np.float32) * np.asarray(std, dtype=np.float32).reshape(1, 3, 1, 1)
+    x += np.asarray(mean, dtype=np.float32).reshape(1, 3, 1, 1)
+    x *= 255.0
+    np.rint(x, out=x)
+    np.clip(x, 0, 255, out=x)
+    return np.ascontiguousarray(x.astype(np.uint8).transpose(0, 2, 3, 1))  # (B, 3, h, w) -> (B, h, w, 3)
+
+
 def preprocess(
     image: np.ndarray, size: int, mean: tuple[float, ...] = IMAGENET_MEAN, std: tuple[float, ...] = IMAGENET_STD
 ) -> np.ndarray:

@@ -16,13 +16,26 @@ from pathlib import Path
 import numpy as np
 
 from mgd_rt.artifacts import metadata_floats
-from mgd_rt.contract import IMAGENET_MEAN, IMAGENET_STD, INPUT_NAME, OUTPUT_NAME
+from mgd_rt.contract import (
+    FLOAT_INPUT,
+    IMAGENET_MEAN,
+    IMAGENET_STD,
+    INPUT_FORMAT_KEY,
+    INPUT_FORMATS,
+    INPUT_NAME,
+    OUTPUT_NAME,
+    PIXEL_INPUT,
+)
 from mgd_rt.errors import MgdRtError
+from mgd_rt.runtime.processing import normalise_batch, to_pixels
 
 
 class Backend(ABC):
     """A loaded model: ``infer`` maps float32 (B, 3, S, S) to float32 (B, 1, S, S) logits.
 
+    An artifact exported with a pixel input (``input_format`` "uint8", from its metadata) runs on
+    uint8 (B, S, S, 3) RGB: :meth:`infer_pixels` sends it those directly, and :meth:`infer` turns
+    normalised input back into the pixels it came from (exact for input made from 8-bit pixels).
     Subclasses call ``super().__init__(check_inputs)``, set the attributes below while loading
     and implement :meth:`run_exact`. ``device`` and ``precision`` say what is actually used,
     never just what was asked.
@@ -39,6 +52,7 @@ class Backend(ABC):
     # the normalisation the model was trained with (an .onnx graph carries its own)
     mean: tuple[float, ...] = IMAGENET_MEAN
     std: tuple[float, ...] = IMAGENET_STD
+    input_format: str = FLOAT_INPUT  # what run_exact takes: contract.FLOAT_INPUT or PIXEL_INPUT
     # the batch sizes the artifact takes (None: any): a static batch dimension, or a largest batch
     # (an engine profile's maximum, a server's max_batch_size); run_unchecked splits to fit them
     fixed_batch: int | None = None
@@ -66,6 +80,16 @@ class Backend(ABC):
         self.trained = None if sha is None else sha != "untrained"
         self.mean = metadata_floats(meta.get("mean"), IMAGENET_MEAN)
         self.std = metadata_floats(meta.get("std"), IMAGENET_STD)
+        fmt = meta.get(INPUT_FORMAT_KEY, FLOAT_INPUT)
+        if fmt not in INPUT_FORMATS:
+            raise MgdRtError(f"{INPUT_FORMAT_KEY} {fmt!r} in the {self.kind}'s metadata: this mgd-rt knows "
+                             f"{', '.join(INPUT_FORMATS)}; upgrade mgd-rt or re-export")
+        self.input_format = fmt
+
+    @property
+    def takes_pixels(self) -> bool:
+        """True when the artifact's input is uint8 (B, S, S, 3) pixels (normalised inside it)."""
+        return self.input_format == PIXEL_INPUT
 
     def check_io(self, inputs: Iterable[str], outputs: Iterable[str], source: str, only: bool = False) -> None:
         """Refuse an artifact without the contract's input ``image`` and output ``mask_logits``
@@ -81,11 +105,15 @@ class Backend(ABC):
                 f"{' only' if only else ''}, has inputs {have_in} and outputs {have_out}"
             )
 
-    def check_float32(self, source: str, dtypes: Mapping[str, object], float32: object) -> None:
-        """Refuse I/O tensors whose element type (``dtypes``: name -> the runner's type) is not ``float32``."""
-        wrong = [f"{name!r} is {dtype}" for name, dtype in dtypes.items() if dtype != float32]
+    def check_io_types(self, source: str, dtypes: Mapping[str, object], float32: object, uint8: object) -> None:
+        """Refuse I/O tensors (``dtypes``: name -> the runner's type, given its ``float32`` and ``uint8``)
+        of another type than the contract's: float32 output, float32 input or uint8 for a pixel input."""
+        expected = {name: uint8 if name == INPUT_NAME and self.takes_pixels else float32 for name in dtypes}
+        wrong = [f"{name!r} is {dtype}" for name, dtype in dtypes.items() if dtype != expected[name]]
         if wrong:
-            raise MgdRtError(f"{source}: {', '.join(wrong)}; the contract's I/O is float32")
+            what = "uint8 pixels in, float32 out" if self.takes_pixels else "float32"
+            raise MgdRtError(f"{source}: {', '.join(wrong)}; the contract's I/O is {what} "
+                             f"(metadata {INPUT_FORMAT_KEY} {self.input_format})")
 
     def check_dtype(self, dtype: str | None, source: str, remedy: str = "") -> None:
         """Refuse ``--dtype`` other than ``self.precision``: an artifact's precision is its own, and running
@@ -101,7 +129,23 @@ class Backend(ABC):
         batch = inputs[INPUT_NAME] if isinstance(inputs, Mapping) else inputs
         if self.check_inputs:
             self.check(batch)
+        if self.takes_pixels:
+            return self.run_unchecked(to_pixels(batch, self.mean, self.std))
         return self.run_unchecked(np.ascontiguousarray(batch, dtype=np.float32))
+
+    def infer_pixels(self, pixels: np.ndarray) -> np.ndarray:
+        """(B, S, S, 3) uint8 RGB, resized to S -> (B, 1, S, S) float32 logits.
+
+        A pixel-input artifact gets the bytes as they are; any other is sent them normalised."""
+        if self.check_inputs:
+            s = self.image_size
+            if not isinstance(pixels, np.ndarray) or pixels.dtype != np.uint8 or pixels.shape[1:] != (s, s, 3) \
+                    or pixels.shape[0] < 1:
+                raise MgdRtError(f"{self.name}: pixels must be uint8 (B, {s}, {s}, 3), got "
+                                 f"{getattr(pixels, 'dtype', type(pixels).__name__)} {getattr(pixels, 'shape', '')}")
+        if self.takes_pixels:
+            return self.run_unchecked(np.ascontiguousarray(pixels))
+        return self.run_unchecked(normalise_batch(pixels, self.mean, self.std))
 
     def check(self, batch: np.ndarray) -> None:
         """Refuse a wrong dtype or shape with a message, before the backend's own crash."""
@@ -114,7 +158,8 @@ class Backend(ABC):
             )
 
     def run_unchecked(self, batch: np.ndarray) -> np.ndarray:
-        """(B, 3, s, s) float32 C-contiguous -> (B, 1, s, s) float32, without :meth:`check`.
+        """(B, 3, s, s) float32 (or, for a pixel input, (B, s, s, 3) uint8) C-contiguous -> (B, 1, s, s)
+        float32, without :meth:`check`.
 
         For callers that checked the batch themselves or run a model at another size than S
         (TTA's scales on PyTorch). The batch goes in chunks the artifact takes: one image at a
@@ -133,7 +178,8 @@ class Backend(ABC):
 
     @abstractmethod
     def run_exact(self, batch: np.ndarray) -> np.ndarray:
-        """(b, 3, s, s) float32 C-contiguous, b a batch the artifact takes -> (b, 1, s, s) float32 logits."""
+        """(b, 3, s, s) float32 C-contiguous (uint8 (b, s, s, 3) for a pixel input), b a batch the artifact
+        takes -> (b, 1, s, s) float32 logits."""
 
     # lifetime ------------------------------------------------------------------------------
     def close(self) -> None:

@@ -74,7 +74,8 @@ def ort_session(
 
 
 class OnnxRuntimeBackend(Backend):
-    """``model``: path of a graph with input ``image`` (B, 3, S, S) and output ``mask_logits``."""
+    """``model``: path of a graph with input ``image`` (B, 3, S, S) float32 (or (B, S, S, 3) uint8 pixels)
+    and output ``mask_logits`` (B, 1, S, S) float32."""
 
     name = "onnxruntime"
     kind = "graph"
@@ -124,10 +125,14 @@ class OnnxRuntimeBackend(Backend):
         self.device_id = device_id
 
         inputs = {i.name: i for i in self.session.get_inputs()}
-        self.check_io(inputs, (o.name for o in self.session.get_outputs()), str(path))
+        outputs = {o.name: o for o in self.session.get_outputs()}
+        self.check_io(inputs, outputs, str(path))
         meta = self.session.get_modelmeta().custom_metadata_map
-        shape = inputs[INPUT_NAME].shape  # (B, 3, S, S) with B symbolic or fixed
-        static = [d for d in shape[-2:] if isinstance(d, int)]
+        self.apply_metadata(meta)
+        self.check_io_types(str(path), {INPUT_NAME: inputs[INPUT_NAME].type, OUTPUT_NAME: outputs[OUTPUT_NAME].type},
+                            "tensor(float)", "tensor(uint8)")
+        shape = inputs[INPUT_NAME].shape  # (B, 3, S, S), or (B, S, S, 3) for pixels; B symbolic or fixed
+        static = [d for d in (shape[1:3] if self.takes_pixels else shape[-2:]) if isinstance(d, int)]
         size = meta.get("image_size") or (static[-1] if static else None)
         if size is None:
             raise MgdRtError(f"{path}: neither an image_size metadata prop nor a static input size")
@@ -138,7 +143,6 @@ class OnnxRuntimeBackend(Backend):
                              f"{INPUT_NAME!r} of shape {list(shape)}; re-export the graph")
         self.image_size = int(size)
         self.fixed_batch = shape[0] if isinstance(shape[0], int) else None
-        self.apply_metadata(meta)
         self.precision = meta.get("precision", "fp32")
         self.check_dtype(dtype, path.name, f"export a {dtype} graph and pass that file")
         self._bind = on_gpu

@@ -153,8 +153,9 @@ class TensorRTBackend(Backend):
         inputs = [n for n in names if self.engine.get_tensor_mode(n) == trt.TensorIOMode.INPUT]
         # every I/O tensor gets an address at enqueue, so anything beyond the contract's two is refused
         self.check_io(inputs, set(names) - set(inputs), str(path), only=True)
-        self.check_float32(str(path), {n: self.engine.get_tensor_dtype(n) for n in names}, trt.DataType.FLOAT)
-        lo, _, hi = self.engine.get_tensor_profile_shape(INPUT_NAME, 0)  # (min, opt, max) (B, 3, S, S)
+        self.check_io_types(str(path), {n: self.engine.get_tensor_dtype(n) for n in names}, trt.DataType.FLOAT,
+                            trt.DataType.UINT8)
+        lo, _, hi = self.engine.get_tensor_profile_shape(INPUT_NAME, 0)  # (min, opt, max) (B, 3, S, S) or (B, S, S, 3)
         self.min_batch, self.max_batch = int(lo[0]), int(hi[0])
         self.context = self.engine.create_execution_context()
         self._stream = check_cuda(cudart.cudaStreamCreateWithFlags(cudart.cudaStreamNonBlocking), "cudaStreamCreate")
@@ -168,17 +169,27 @@ class TensorRTBackend(Backend):
                  self.min_batch, self.max_batch)
 
     # buffers -------------------------------------------------------------------------------
+    def _input_shape(self, b: int) -> tuple[int, int, int, int]:
+        """(b, 3, S, S) float32 input, or (b, S, S, 3) uint8 for a pixel-input engine."""
+        s = self.image_size
+        return (b, s, s, 3) if self.takes_pixels else (b, 3, s, s)
+
+    def _input_bytes(self, b: int) -> int:
+        return b * 3 * self.image_size**2 * (1 if self.takes_pixels else 4)
+
     def _allocate(self) -> None:
         """Device buffers for the profile's max batch and pinned host buffers (async copies need pinned)."""
         cudart, s, b = self._cudart, self.image_size, self.max_batch
-        n_in, n_out = b * 3 * s * s, b * s * s  # float32 elements: (B, 3, S, S) in, (B, 1, S, S) out
-        for key, n in (("d_in", n_in), ("d_out", n_out)):
-            self._buffers[key] = int(check_cuda(cudart.cudaMalloc(n * 4), "cudaMalloc"))
-        for key, n in (("h_in", n_in), ("h_out", n_out)):
-            self._buffers[key] = int(check_cuda(cudart.cudaMallocHost(n * 4), "cudaMallocHost"))
-        # numpy views of the pinned memory: (Bmax, 3, S, S) and (Bmax, 1, S, S) float32
-        self._host_in = np.ctypeslib.as_array((ctypes.c_float * n_in).from_address(self._buffers["h_in"]))
-        self._host_in = self._host_in.reshape(b, 3, s, s)
+        n_out = b * s * s  # float32 elements of (B, 1, S, S)
+        for key, size in (("d_in", self._input_bytes(b)), ("d_out", n_out * 4)):
+            self._buffers[key] = int(check_cuda(cudart.cudaMalloc(size), "cudaMalloc"))
+        for key, size in (("h_in", self._input_bytes(b)), ("h_out", n_out * 4)):
+            self._buffers[key] = int(check_cuda(cudart.cudaMallocHost(size), "cudaMallocHost"))
+        # numpy views of the pinned memory: the input (see _input_shape) and (Bmax, 1, S, S) float32
+        element = ctypes.c_uint8 if self.takes_pixels else ctypes.c_float
+        n_in = self._input_bytes(b) // ctypes.sizeof(element)
+        self._host_in = np.ctypeslib.as_array((element * n_in).from_address(self._buffers["h_in"]))
+        self._host_in = self._host_in.reshape(self._input_shape(b))
         self._host_out = np.ctypeslib.as_array((ctypes.c_float * n_out).from_address(self._buffers["h_out"]))
         self._host_out = self._host_out.reshape(b, 1, s, s)
 
@@ -186,8 +197,7 @@ class TensorRTBackend(Backend):
     # Backend.run_unchecked cuts a batch into chunks of at most max_batch (the profile's maximum);
     # run_exact pads a chunk below the profile's minimum
     def _enqueue(self, b: int, d_in: int, d_out: int, stream: int) -> None:
-        s = self.image_size
-        self.context.set_input_shape(INPUT_NAME, (b, 3, s, s))
+        self.context.set_input_shape(INPUT_NAME, self._input_shape(b))
         self.context.set_tensor_address(INPUT_NAME, d_in)
         self.context.set_tensor_address(OUTPUT_NAME, d_out)
         if not self.context.execute_async_v3(stream):
@@ -196,14 +206,14 @@ class TensorRTBackend(Backend):
     def _copies_and_enqueue(self, b: int) -> None:
         cudart, buf, s = self._cudart, self._buffers, self.image_size
         kind = cudart.cudaMemcpyKind
-        check_cuda(cudart.cudaMemcpyAsync(buf["d_in"], buf["h_in"], b * 3 * s * s * 4,
+        check_cuda(cudart.cudaMemcpyAsync(buf["d_in"], buf["h_in"], self._input_bytes(b),
                                           kind.cudaMemcpyHostToDevice, self._stream), "cudaMemcpyAsync")
         self._enqueue(b, buf["d_in"], buf["d_out"], int(self._stream))
         check_cuda(cudart.cudaMemcpyAsync(buf["h_out"], buf["d_out"], b * s * s * 4,
                                           kind.cudaMemcpyDeviceToHost, self._stream), "cudaMemcpyAsync")
 
     def run_exact(self, x: np.ndarray) -> np.ndarray:
-        """(b, 3, S, S) float32 with b <= max batch -> (b, 1, S, S) float32."""
+        """(b, 3, S, S) float32 (or (b, S, S, 3) uint8 pixels) with b <= max batch -> (b, 1, S, S) float32."""
         if self._closed:
             raise MgdRtError("the TensorRT backend is closed")
         if not self._buffers:
@@ -251,7 +261,8 @@ class TensorRTBackend(Backend):
         return super().infer(batch)
 
     def infer_torch(self, x: Any) -> Any:
-        """torch.float32 CUDA (B, 3, S, S) -> torch.float32 CUDA (B, 1, S, S), enqueued on torch's current stream.
+        """torch.float32 CUDA (B, 3, S, S) (torch.uint8 (B, S, S, 3) for a pixel-input engine) -> torch.float32
+        CUDA (B, 1, S, S), enqueued on torch's current stream.
 
         The caller's memory is bound directly; nothing is copied (a non-contiguous input is made
         contiguous first) and nothing is synchronised: torch orders later work on the same stream.
@@ -259,16 +270,17 @@ class TensorRTBackend(Backend):
         import torch
 
         s = self.image_size
-        if self.check_inputs and (x.dtype != torch.float32 or x.ndim != 4 or tuple(x.shape[1:]) != (3, s, s)):
-            raise MgdRtError(f"tensorrt: input must be a float32 (B, 3, {s}, {s}) tensor, got {x.dtype} "
-                             f"{tuple(x.shape)}")
+        dtype = torch.uint8 if self.takes_pixels else torch.float32
+        if self.check_inputs and (x.dtype != dtype or x.ndim != 4 or tuple(x.shape[1:]) != self._input_shape(1)[1:]):
+            raise MgdRtError(f"tensorrt: input must be a {dtype} {('B', *self._input_shape(1)[1:])} tensor, got "
+                             f"{x.dtype} {tuple(x.shape)}")
         if x.device.index not in (None, self.gpu.index):
             raise MgdRtError(f"tensorrt: input is on {x.device}, the engine on cuda:{self.gpu.index}")
         x = x.contiguous()
         n = x.shape[0]
         short = padding_to_profile(n, self.min_batch, self.max_batch)
         if short:  # the last chunk would be under the profile's minimum (a copy; only min batch > 1 profiles)
-            x = torch.cat([x, x.new_zeros((short, 3, s, s))])
+            x = torch.cat([x, x.new_zeros(self._input_shape(short))])
         out = torch.empty((x.shape[0], 1, s, s), dtype=torch.float32, device=x.device)
         stream = torch.cuda.current_stream(x.device).cuda_stream
         for i in range(0, x.shape[0], self.max_batch):

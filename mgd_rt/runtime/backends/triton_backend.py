@@ -100,19 +100,23 @@ class TritonBackend(Backend):
         inputs = {t["name"]: t for t in metadata.get("inputs", [])}
         outputs = {t["name"]: t for t in metadata.get("outputs", [])}
         self.check_io(inputs, outputs, url)
-        self.check_float32(url, {INPUT_NAME: inputs[INPUT_NAME]["datatype"],
-                                 OUTPUT_NAME: outputs[OUTPUT_NAME]["datatype"]}, "FP32")
         params = {k.removeprefix("mgd_rt."): v.get("string_value", "")
                   for k, v in (config.get("parameters") or {}).items() if k.startswith("mgd_rt.")}
-        shape = [int(d) for d in inputs[INPUT_NAME]["shape"]]  # (B, 3, S, S) with B -1 when batched
+        self.apply_metadata(params)  # no checkpoint hash among the parameters: trained stays unknown
+        self.check_io_types(url, {INPUT_NAME: inputs[INPUT_NAME]["datatype"],
+                                  OUTPUT_NAME: outputs[OUTPUT_NAME]["datatype"]}, "FP32", "UINT8")
+        # (B, 3, S, S), or (B, S, S, 3) for a pixel input, with B -1 when batched
+        shape = [int(d) for d in inputs[INPUT_NAME]["shape"]]
         # max_batch_size 0: the model is not batched by Triton, its dims include a batch (-1 or fixed)
         self.max_batch = int(config.get("max_batch_size", 0) or 0) or None
         self.fixed_batch = None if self.max_batch else (shape[0] if shape and shape[0] > 0 else None)
-        size = int(params.get("image_size") or (shape[-1] if len(shape) == 4 and shape[-1] > 0 else 0))
-        if len(shape) != 4 or shape[1] != 3 or shape[2:] != [size, size]:
-            raise MgdRtError(f"{url}: input {INPUT_NAME!r} is {shape}, the contract is (B, 3, S, S)")
+        side = 1 if self.takes_pixels else -1  # where S is in the dims
+        size = int(params.get("image_size") or (shape[side] if len(shape) == 4 and shape[side] > 0 else 0))
+        wanted = [size, size, 3] if self.takes_pixels else [3, size, size]
+        if len(shape) != 4 or shape[1:] != wanted:
+            raise MgdRtError(f"{url}: input {INPUT_NAME!r} is {shape}, the contract is "
+                             f"{'(B, S, S, 3)' if self.takes_pixels else '(B, 3, S, S)'}")
         self.image_size = size
-        self.apply_metadata(params)  # no checkpoint hash among the parameters: trained stays unknown
         self.precision = params.get("precision", "fp32")
         self.device = f"Triton {self.scheme}://{self.netloc}/{self.model_name}"
         self.check_dtype(dtype, url)
@@ -135,9 +139,10 @@ class TritonBackend(Backend):
         return metadata, config
 
     def run_exact(self, batch: np.ndarray) -> np.ndarray:
-        """(b, 3, S, S) float32 -> (b, 1, S, S) float32 from the server (b within its max_batch_size)."""
+        """(b, 3, S, S) float32 (or (b, S, S, 3) uint8 pixels) -> (b, 1, S, S) float32 from the server (b within
+        its max_batch_size)."""
         m = self._module
-        request = m.InferInput(INPUT_NAME, list(batch.shape), "FP32")
+        request = m.InferInput(INPUT_NAME, list(batch.shape), "UINT8" if self.takes_pixels else "FP32")
         request.set_data_from_numpy(batch)
         wanted = [m.InferRequestedOutput(OUTPUT_NAME)]
         try:
