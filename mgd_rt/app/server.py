@@ -20,7 +20,6 @@ import shutil
 import tempfile
 import time
 import uuid
-import warnings
 from collections.abc import AsyncIterator, Sequence
 from contextlib import asynccontextmanager
 from dataclasses import dataclass
@@ -32,7 +31,7 @@ from fastapi import Depends, FastAPI, HTTPException, Query, Request
 from fastapi.responses import FileResponse, Response
 from fastapi.security import HTTPAuthorizationCredentials, HTTPBearer
 from fastapi.staticfiles import StaticFiles
-from PIL import Image, ImageColor, UnidentifiedImageError
+from PIL import ImageColor
 from starlette.concurrency import run_in_threadpool
 from starlette.datastructures import UploadFile
 from starlette.formparsers import MultiPartException, MultiPartParser
@@ -42,6 +41,7 @@ from mgd_rt.app.cache import ResultCache
 from mgd_rt.app.settings import AppSettings
 from mgd_rt.errors import MgdRtError, first_line
 from mgd_rt.runtime.compose import Cutout
+from mgd_rt.runtime.image_io import TooManyPixels, image_size
 from mgd_rt.runtime.outputs import FORMATS, write_result_stream
 from mgd_rt.runtime.segmenter import Result, Segmenter
 from mgd_rt.version import __version__
@@ -102,17 +102,11 @@ def _encode(result: Result, fmt: str, threshold: float, cutout: Cutout) -> bytes
 def _check_header(data: bytes, name: str, max_pixels: int) -> None:
     """Refuse what is not an image, or too many pixels, from the header alone (no decode, no queue slot)."""
     try:
-        with warnings.catch_warnings():
-            warnings.simplefilter("ignore", Image.DecompressionBombWarning)
-            with Image.open(io.BytesIO(data)) as img:
-                width, height = img.size
-    except Image.DecompressionBombError:
-        raise HTTPException(413, f"{name}: too many pixels to decode safely") from None
-    except (UnidentifiedImageError, OSError, ValueError, SyntaxError):
-        raise HTTPException(422, f"{name}: not an image Pillow can read (JPEG, PNG, BMP, TIFF, WebP)") from None
-    if width * height > max_pixels:
-        raise HTTPException(413, f"{name}: {width}x{height} is {width * height / 1e6:.1f} MP; "
-                                 f"the limit is {max_pixels / 1e6:.1f} MP")
+        image_size(data, name, max_pixels)
+    except TooManyPixels as exc:
+        raise HTTPException(413, str(exc)) from None
+    except MgdRtError as exc:
+        raise HTTPException(422, str(exc)) from None
 
 
 async def _read_upload(request: Request, max_bytes: int) -> tuple[str, bytes]:

@@ -9,6 +9,8 @@ from __future__ import annotations
 
 import io
 import warnings
+from collections.abc import Iterator
+from contextlib import contextmanager
 from pathlib import Path
 from typing import BinaryIO
 
@@ -64,7 +66,14 @@ def decode_image(data: bytes, name: str = "<stdin>", max_pixels: int = MAX_PIXEL
     return _decode(io.BytesIO(data), name, max_pixels)
 
 
-def _decode(source: Path | BinaryIO, name: str, max_pixels: int) -> np.ndarray:
+class TooManyPixels(MgdRtError):
+    """An image whose header declares more pixels than the limit (a web server answers 413 for it)."""
+
+
+@contextmanager
+def _opened(source: Path | BinaryIO, name: str, max_pixels: int) -> Iterator[Image.Image]:
+    """The opened image once its header passed the pixel limit; every decoding problem inside the
+    ``with`` block (the header, or the pixels the caller loads) becomes an MgdRtError naming ``name``."""
     try:
         with warnings.catch_warnings():
             # our own limit below is the one that applies; Pillow's warning would only be noise
@@ -72,17 +81,13 @@ def _decode(source: Path | BinaryIO, name: str, max_pixels: int) -> np.ndarray:
             with Image.open(source) as img:
                 width, height = img.size
                 if width * height > max_pixels:
-                    raise MgdRtError(
-                        f"{name}: {width}x{height} is too large to decode safely "
-                        f"({width * height / 1e6:.0f} MP > {max_pixels / 1e6:.0f} MP)"
-                    )
-                img.load()
-                img = ImageOps.exif_transpose(img) or img
-                return _to_rgb_array(img)
+                    raise TooManyPixels(f"{name}: {width}x{height} is {width * height / 1e6:.1f} MP, too large to "
+                                        f"decode safely (the limit is {max_pixels / 1e6:.1f} MP)")
+                yield img
     except MgdRtError:
         raise
     except Image.DecompressionBombError:
-        raise MgdRtError(f"{name}: too large to decode safely (Pillow's decompression-bomb limit)") from None
+        raise TooManyPixels(f"{name}: too large to decode safely (Pillow's decompression-bomb limit)") from None
     except UnidentifiedImageError:
         raise MgdRtError(f"{name}: not an image Pillow can read (JPEG, PNG, BMP, TIFF, WebP)") from None
     except FileNotFoundError:
@@ -91,6 +96,20 @@ def _decode(source: Path | BinaryIO, name: str, max_pixels: int) -> np.ndarray:
         raise MgdRtError(f"{name}: permission denied") from None
     except (OSError, ValueError, SyntaxError) as exc:  # truncated or corrupt data
         raise MgdRtError(f"{name}: unreadable image, truncated or corrupt ({exc})") from None
+
+
+def _decode(source: Path | BinaryIO, name: str, max_pixels: int) -> np.ndarray:
+    with _opened(source, name, max_pixels) as img:
+        img.load()
+        img = ImageOps.exif_transpose(img) or img
+        return _to_rgb_array(img)
+
+
+def image_size(data: bytes, name: str = "<stdin>", max_pixels: int = MAX_PIXELS) -> tuple[int, int]:
+    """(width, height) of encoded image bytes from the header alone, no pixels decoded; the same refusals
+    as :func:`decode_image` (:class:`TooManyPixels` past ``max_pixels``)."""
+    with _opened(io.BytesIO(data), name, max_pixels) as img:
+        return img.size
 
 
 def as_rgb(image: np.ndarray) -> np.ndarray:
