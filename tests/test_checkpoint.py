@@ -7,13 +7,13 @@ import json
 
 import pytest
 import torch
+from conftest import BPLUS_SHAPES, TINY_CHECKPOINT
 from safetensors.torch import save_file
 
 import mgd_rt
 from mgd_rt.checkpoint import detect_variant, load_checkpoint, read_state_dict
 from mgd_rt.errors import MgdRtError
 from mgd_rt.model import MGDSAM2, get_variant
-from tests.conftest import BPLUS_SHAPES, TINY_CHECKPOINT
 
 # what the authors' tiny model creates but never runs (tiny stages 1, 2, 2, 2)
 TINY_UNUSED = [

@@ -6,8 +6,9 @@ import json
 import subprocess
 import sys
 
+from conftest import TINY_CHECKPOINT
+
 from mgd_rt.cli import main
-from tests.conftest import TINY_CHECKPOINT
 
 
 def test_smoke_reports_the_fixture_model(capsys):

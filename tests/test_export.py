@@ -12,6 +12,7 @@ import numpy as np
 import onnx
 import pytest
 import torch
+from conftest import TINY_CHECKPOINT, TINY_IO
 
 from mgd_rt.artifacts import METADATA_KEYS, fp16_path
 from mgd_rt.contract import INPUT_NAME, OUTPUT_NAME
@@ -21,7 +22,6 @@ from mgd_rt.export.forms import export_form
 from mgd_rt.export.graph import graph_report, read_metadata
 from mgd_rt.model import use_conv2d_pairs
 from mgd_rt.numerics import compare_logits
-from tests.conftest import TINY_CHECKPOINT, TINY_IO
 
 CKPT = TINY_CHECKPOINT
 IO = TINY_IO

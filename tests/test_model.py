@@ -5,13 +5,13 @@ from __future__ import annotations
 import numpy as np
 import pytest
 import torch
+from conftest import TINY_CHECKPOINT, needs_cuda
 
 import mgd_rt
 from mgd_rt.errors import MgdRtError
 from mgd_rt.model import MGDSAM2, get_variant, image2patches, make_views, patches2image
 from mgd_rt.model.pair_conv import DepthPairConv
 from mgd_rt.numerics import compare_logits
-from tests.conftest import TINY_CHECKPOINT, needs_cuda
 
 
 @pytest.fixture(scope="module")
