@@ -49,8 +49,9 @@ def ort_session(
     Integer kernels: x86 CPUs without VNNI (AVX2, AVX-512 without VNNI) run ONNX Runtime's U8S8
     matrix products with 16-bit intermediate sums that saturate, which put INT8 graphs out of
     tolerance on such machines; ``session.x64quantprecision`` makes ONNX Runtime use its exact U8U8
-    kernels there. Where VNNI exists the option changes nothing (tiny INT8 graph: identical logits,
-    same speed on an AVX-512 VNNI EPYC).
+    kernels there. Where VNNI exists ONNX Runtime 1.32 converts the weights to U8 too, at no cost
+    measured: tiny INT8 graphs (cpu and tensorrt placement) gave identical logits and the same speed
+    with and without it (within 2%, 8 interleaved runs, AVX-512 VNNI EPYC), so it is always on.
     """
     import onnxruntime as ort
 
