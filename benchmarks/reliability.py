@@ -6,7 +6,9 @@
 - ``serve``: ``mgd-rt serve`` (PyTriton, under the Python 3.12 environment tests/test_triton.py
   builds) loaded by ``--threads`` gRPC clients x ``--requests`` each, a fifth of them bad (wrong
   shape, wrong dtype, garbage bytes, oversized image); every good answer compared with the local
-  result, the server's process group's resident memory sampled throughout.
+  result, the server's process group's resident memory sampled throughout, by process and kind (anonymous,
+  shared, /dev/shm). ``--stand-in`` serves a one-operator stand-in with the same inputs and outputs instead,
+  so that tens of thousands of requests measure the server in minutes.
 - ``app``: ``mgd-rt app`` the same way over HTTP (garbage bytes, a truncated PNG, too many pixels,
   too many bytes, a bad query).
 
@@ -78,17 +80,47 @@ def infer_figures(model: Path, images: int, work: Path) -> dict[str, object]:
     return figures
 
 
+def stand_in_model(model: Path, out: Path) -> Path:
+    """An .onnx with ``model``'s input, output and metadata whose whole network is one ReduceMean over the
+    channels: (B, 3, S, S) float32 -> (B, 1, S, S) float32. Serving it costs what the server costs, with next to
+    nothing for the model: a long memory run (60,000 requests) takes minutes instead of hours."""
+    import onnx
+    from onnx import TensorProto, helper
+
+    graph = onnx.load(model, load_external_data=False)
+    axes = helper.make_tensor("channels", TensorProto.INT64, [1], [1])
+    mean = helper.make_node("ReduceMean", [graph.graph.input[0].name, "channels"], [graph.graph.output[0].name],
+                            keepdims=1)
+    stand_in = helper.make_model(
+        helper.make_graph([mean], "stand_in", [graph.graph.input[0]], [graph.graph.output[0]], initializer=[axes]),
+        opset_imports=[helper.make_opsetid("", 20)])  # ReduceMean takes its axes as an input from opset 18
+    stand_in.ir_version = graph.ir_version
+    for prop in graph.metadata_props:  # image_size, mean, std...: what serve and its clients read
+        stand_in.metadata_props.add(key=prop.key, value=prop.value)
+    onnx.checker.check_model(stand_in)
+    onnx.save(stand_in, out)
+    return out
+
+
 def main() -> int:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("model", type=Path, help="an .onnx graph (the tiny model at S=256 for the README figures)")
     parser.add_argument("--images", type=int, default=300)
     parser.add_argument("--threads", type=int, default=4)
     parser.add_argument("--requests", type=int, default=300, help="per client thread")
+    parser.add_argument("--warmup", type=int, default=20,
+                        help="warm-up requests per client thread before memory is measured (default 20, as the test)")
     parser.add_argument("--bad-every", type=int, default=5,
                         help="every Nth request of each client is a bad one (default 5: a fifth; 0: none)")
     parser.add_argument("--only", choices=("infer", "serve", "app"), help="one part only")
     parser.add_argument("--serve-env", action="append", default=[], metavar="NAME=VALUE",
                         help="an environment variable for the server (repeatable), e.g. MALLOC_ARENA_MAX=2")
+    parser.add_argument("--serve-bin", type=Path, default=None, metavar="MGD_RT",
+                        help="the mgd-rt executable to serve with (default: the Python 3.12 environment's, built "
+                        "as tests/test_triton.py does)")
+    parser.add_argument("--stand-in", action="store_true",
+                        help="serve: a stand-in with MODEL's inputs, outputs and metadata and one ReduceMean for the "
+                        "network, so that long runs measure the server, not the model")
     parser.add_argument("--output", type=Path, default=HERE / "results" / "reliability.json")
     args = parser.parse_args()
     args.model = args.model.resolve()  # the server runs in a folder of its own
@@ -102,19 +134,25 @@ def main() -> int:
         if args.only in (None, "serve"):
             from test_triton import _serve_env, _serve_python
 
-            python = _serve_python()
+            serve_bin = args.serve_bin.resolve() if args.serve_bin else None
+            if serve_bin is None:
+                python = _serve_python()
+                serve_bin = _serve_env(python) / "mgd-rt" if python else None
             env = dict(item.split("=", 1) for item in args.serve_env)
             key = "serve" + "".join(f" {k}={v}" for k, v in env.items()) + ("" if args.bad_every else " good only")
-            if python is None:
+            key += " stand-in" if args.stand_in else ""
+            if serve_bin is None:
                 results[key] = {"skipped": "no Python 3.12 for mgd-rt serve"}
             else:
                 (Path(tmp) / "serve").mkdir()
-                results[key] = serve_under_load(args.model, Path(tmp) / "serve", _serve_env(python) / "mgd-rt",
-                                                args.threads, args.requests, env_extra=env, bad_every=args.bad_every)
+                served = stand_in_model(args.model, Path(tmp) / "stand_in.onnx") if args.stand_in else args.model
+                results[key] = serve_under_load(served, Path(tmp) / "serve", serve_bin, args.threads,
+                                                args.requests, warm_requests=args.warmup, env_extra=env,
+                                                bad_every=args.bad_every)
         if args.only in (None, "app"):
             (Path(tmp) / "app").mkdir()
             results["app"] = app_under_load(args.model, Path(tmp) / "app", args.threads, args.requests,
-                                            bad_every=args.bad_every)
+                                            warm_requests=args.warmup, bad_every=args.bad_every)
     args.output.parent.mkdir(parents=True, exist_ok=True)
     args.output.write_text(json.dumps(results, indent=2) + "\n")
     print(json.dumps(results, indent=2))

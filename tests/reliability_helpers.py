@@ -8,6 +8,7 @@ Everything here drives real processes: ``mgd-rt`` children, their resident memor
 from __future__ import annotations
 
 import os
+import re
 import subprocess
 import sys
 import threading
@@ -52,17 +53,112 @@ def rss_bytes(pid: int) -> int:
     return next((int(line.split()[1]) * 1024 for line in lines if line.startswith("VmRSS:")), 0)
 
 
-def group_rss(pgid: int) -> dict[int, int]:
-    """pid -> resident bytes of every live process in process group ``pgid`` (a server and its children)."""
-    found: dict[int, int] = {}
+def memory_kinds(pid: int) -> dict[str, int]:
+    """Resident bytes of one process by kind, from /proc/PID/status: ``rss`` (all of it), ``anon`` (heap,
+    stacks: what malloc holds), ``file`` (mapped libraries) and ``shmem`` (touched pages of shared memory,
+    e.g. /dev/shm regions; counted again in every process mapping them). Empty once it has gone."""
+    fields = {"VmRSS:": "rss", "RssAnon:": "anon", "RssFile:": "file", "RssShmem:": "shmem"}
+    try:
+        lines = Path(f"/proc/{pid}/status").read_text().splitlines()
+    except (FileNotFoundError, ProcessLookupError):
+        return {}
+    found = {}
+    for line in lines:
+        words = line.split()  # "VmRSS:   186396 kB"
+        if words and words[0] in fields:
+            found[fields[words[0]]] = int(words[1]) * 1024
+    return found
+
+
+def process_role(pid: int, leader: int) -> str:
+    """What a process of a server's group is: ``mgd-rt`` (the leader, holding the model), ``tritonserver``,
+    ``stub`` (Triton's Python-backend stub), ``tensor store`` (PyTriton's multiprocessing manager),
+    ``resource tracker``, else its command name."""
+    if pid == leader:
+        return "mgd-rt"
+    try:
+        comm = Path(f"/proc/{pid}/comm").read_text().strip()
+        cmdline = Path(f"/proc/{pid}/cmdline").read_bytes()
+    except (FileNotFoundError, ProcessLookupError):
+        return "gone"
+    if comm == "tritonserver":
+        return "tritonserver"
+    if comm.startswith("triton_python_b"):  # comm is cut at 15 characters
+        return "stub"
+    if b"multiprocessing.spawn" in cmdline:
+        return "tensor store"
+    if b"resource_tracker" in cmdline:
+        return "resource tracker"
+    return comm
+
+
+def group_pids(pgid: int) -> list[int]:
+    """Every live process in process group ``pgid`` (a server and its children)."""
+    found = []
     for entry in Path("/proc").iterdir():
         if not entry.name.isdigit():
             continue
         try:
             if os.getpgid(int(entry.name)) == pgid:
-                found[int(entry.name)] = rss_bytes(int(entry.name))
+                found.append(int(entry.name))
         except (ProcessLookupError, PermissionError):
             continue
+    return found
+
+
+def _dev_shm_bytes(pids: list[int]) -> dict[str, int]:
+    """Bytes of /dev/shm actually allocated (tmpfs pages, not the files' nominal sizes) by the files
+    ``pids`` map, each counted once: ``/dev/shm`` (all of them), ``/dev/shm backend`` (Triton's
+    Python-backend region, which PyTriton names ``pytrtion<pid>-...``) and ``backend region size``
+    (that region's nominal size: it grows when a request does not fit)."""
+    files: set[str] = set()
+    for pid in pids:
+        try:
+            maps = Path(f"/proc/{pid}/maps").read_text()
+        except (FileNotFoundError, ProcessLookupError, PermissionError):
+            continue
+        files.update(m.group(1) for m in re.finditer(r" (/dev/shm/\S+)$", maps, re.MULTILINE))
+    found = {"/dev/shm": 0, "/dev/shm backend": 0, "backend region size": 0}
+    for name in files:
+        try:
+            stat = os.stat(name)
+        except FileNotFoundError:  # unlinked meanwhile (shown as "(deleted)" in maps)
+            continue
+        found["/dev/shm"] += stat.st_blocks * 512
+        if Path(name).name.startswith("pytrtion"):  # sic: PyTriton's spelling
+            found["/dev/shm backend"] += stat.st_blocks * 512
+            found["backend region size"] += stat.st_size
+    return found
+
+
+def _malloc_env(pgid: int, role: str) -> dict[str, str]:
+    """The glibc allocator settings (MALLOC_*) in the environment of the group's process of ``role``."""
+    for pid in group_pids(pgid):
+        if process_role(pid, pgid) == role:
+            try:
+                entries = Path(f"/proc/{pid}/environ").read_bytes().split(b"\0")
+            except (FileNotFoundError, ProcessLookupError):
+                continue
+            pairs = (e.decode(errors="replace").split("=", 1) for e in entries if e.startswith(b"MALLOC_"))
+            return {name: value for name, value in pairs}
+    return {}
+
+
+def group_memory(pgid: int) -> dict[str, int]:
+    """Resident bytes of a server's process group, flat: ``group`` (the sum of every process's RSS),
+    ``ROLE`` (its RSS, summed over processes of that role, see :func:`process_role`), ``ROLE anon``
+    and ``ROLE shmem`` (see :func:`memory_kinds`), and the group's /dev/shm (see :func:`_dev_shm_bytes`)."""
+    pids = group_pids(pgid)
+    found: dict[str, int] = {"group": 0}
+    for pid in pids:
+        kinds = memory_kinds(pid)
+        if not kinds:
+            continue
+        role = process_role(pid, pgid)
+        found["group"] += kinds["rss"]
+        for key, kind in ((role, "rss"), (f"{role} anon", "anon"), (f"{role} shmem", "shmem")):
+            found[key] = found.get(key, 0) + kinds.get(kind, 0)
+    found.update(_dev_shm_bytes(pids))
     return found
 
 
@@ -98,7 +194,7 @@ def percentiles(seconds: list[float]) -> dict[str, float]:
 
 class LoadResult:
     """What a load run saw: good answers right and wrong, bad requests refused and accepted, latencies,
-    and (done, resident bytes) samples of the server."""
+    and (done, :func:`group_memory`) samples of the server."""
 
     def __init__(self) -> None:
         self.lock = threading.Lock()
@@ -107,39 +203,38 @@ class LoadResult:
         self.bad_refused = 0
         self.bad_accepted: list[str] = []
         self.latencies: list[float] = []
-        self.memory: list[tuple[int, int]] = []
+        self.memory: list[tuple[int, dict[str, int]]] = []
         self.seconds = 0.0
 
     @property
     def done(self) -> int:
         return self.good_ok + len(self.good_wrong) + self.bad_refused + len(self.bad_accepted)
 
-    def summary(self, warm: float) -> dict[str, object]:
-        start, peak, growth = memory_growth(self.memory, self.done, warm) if self.memory else (0, 0, 0.0)
+    def summary(self) -> dict[str, object]:
         return {
             "good_ok": self.good_ok, "good_wrong": len(self.good_wrong), "bad_refused": self.bad_refused,
             "bad_accepted": len(self.bad_accepted), "seconds": round(self.seconds, 2),
             "good_per_second": round(self.good_ok / self.seconds, 2) if self.seconds else 0.0,
             **{k: round(v, 1) for k, v in percentiles(self.latencies).items()},
-            "rss_after_warmup_mb": round(start / 2**20, 1), "rss_peak_mb": round(peak / 2**20, 1),
-            "rss_growth": round(growth, 4), "first_errors": (self.good_wrong + self.bad_accepted)[:3],
+            "first_errors": (self.good_wrong + self.bad_accepted)[:3],
         }
 
 
 def run_load(
     threads: int, requests: int, good: Callable[[int, int], bool], bad: Callable[[int, int], bool],
-    bad_every: int, memory_of: Callable[[], int], every: float = 0.25,
+    bad_every: int, memory_of: Callable[[], dict[str, int]], every: float = 0.25,
 ) -> LoadResult:
     """``threads`` client threads x ``requests`` each; request ``i`` of thread ``k`` is bad when
     ``i % bad_every == bad_every - 1`` (a fifth of them with 5; none with 0). ``good(k, i)`` returns whether the answer
     was right, ``bad(k, i)`` whether the server refused it; an exception in either counts as a failure.
-    ``memory_of()`` (the server's resident bytes) is sampled every ``every`` seconds meanwhile."""
+    ``memory_of()`` (the server's resident bytes by key) is sampled every ``every`` seconds meanwhile."""
     result = LoadResult()
     stop = threading.Event()
 
     def sample() -> None:
         while not stop.is_set():
-            result.memory.append((result.done, memory_of()))
+            done = result.done  # before the read: the sample shows at least this much work
+            result.memory.append((done, memory_of()))
             stop.wait(every)
 
     def client(k: int) -> None:
@@ -185,24 +280,73 @@ def thin(samples: list[tuple[int, int]], keep: int = 40) -> list[tuple[int, floa
     return [(done, round(rss / 2**20, 1)) for done, rss in samples[:: max(len(samples) // keep, 1)]]
 
 
-def _load_figures(proc: subprocess.Popen, threads: int, requests: int, warm_requests: int, bad_every: int,
-                  good: Callable[[int, int], bool], bad: Callable[[int, int], bool]) -> dict[str, object]:
-    """Warm-up, then the load. Resident memory: the curve and ``rss_growth`` are the mgd-rt process's
-    (the one holding the model); the whole process group (tritonserver and its stubs too) is read
-    after the warm-up and at the end."""
-    def memory() -> int:
-        return rss_bytes(proc.pid)
+def memory_figures(samples: list[tuple[int, dict[str, int]]], keep: int = 40) -> dict[str, object]:
+    """Memory figures of a load run from its (done, :func:`group_memory`) samples, all taken after the warm-up.
 
-    warm = run_load(threads, warm_requests, good, bad, 5, memory)  # every batch size and bad kind early
-    before = {pid: round(rss / 2**20, 1) for pid, rss in group_rss(proc.pid).items()}
-    load = run_load(threads, requests, good, bad, bad_every, memory, every=0.5)
-    after = {pid: round(rss / 2**20, 1) for pid, rss in group_rss(proc.pid).items()}
-    group_before, group_after = sum(before.values()), sum(after.values())
-    return {"threads": threads, "requests_per_thread": requests, "warmup": warm.summary(warm=0.0),
-            **load.summary(warm=0.0), "rss_mb_by_request": thin(load.memory),
-            "group_rss_mb_after_warmup": round(group_before, 1), "group_rss_mb_at_end": round(group_after, 1),
-            "group_rss_growth": round(group_after / group_before - 1, 4),
-            "rss_mb_by_process_after_warmup": before, "rss_mb_by_process_at_end": after}
+    Per key, in MB: the first sample (``memory_mb_after_warmup``), the peak and the last; ``memory_growth``
+    = peak / first - 1; ``memory_growth_second_half`` = the second half's peak / the first half's peak - 1
+    (about 0 once a series has levelled off, about half the whole growth if it climbs steadily); and the
+    curve, ``memory_mb_by_request``: about ``keep`` samples as columns (``requests`` and one list per key).
+    Growth is left out for keys that start at 0 (shared memory not touched yet)."""
+    keys = sorted({key for _, memory in samples for key in memory})
+    total = samples[-1][0]
+    first_half = [m for done, m in samples if done <= total / 2]
+    second_half = [m for done, m in samples if done > total / 2] or first_half
+
+    def peak(part: list[dict[str, int]], key: str) -> int:
+        return max(m.get(key, 0) for m in part)
+
+    def mb(value: int) -> float:
+        return round(value / 2**20, 1)
+
+    start = samples[0][1]
+    curve = samples[:: max(len(samples) // keep, 1)]
+    if curve[-1] is not samples[-1]:  # the curve ends where the run did
+        curve.append(samples[-1])
+    return {
+        "memory_mb_after_warmup": {k: mb(start.get(k, 0)) for k in keys},
+        "memory_mb_peak": {k: mb(peak([m for _, m in samples], k)) for k in keys},
+        "memory_mb_at_end": {k: mb(samples[-1][1].get(k, 0)) for k in keys},
+        "memory_growth": {k: round(peak([m for _, m in samples], k) / start[k] - 1, 4) for k in keys
+                          if start.get(k)},
+        "memory_growth_second_half": {k: round(peak(second_half, k) / peak(first_half, k) - 1, 4) for k in keys
+                                      if peak(first_half, k)},
+        "memory_mb_by_request": {"requests": [done for done, _ in curve],
+                                 **{k: [mb(m.get(k, 0)) for _, m in curve] for k in keys}},
+    }
+
+
+def _load_figures(proc: subprocess.Popen, threads: int, requests: int, warm_requests: int, bad_every: int,
+                  good: Callable[[int, int], bool], bad: Callable[[int, int], bool],
+                  sample_every: float = 0.5, prime: Callable[[], None] | None = None) -> dict[str, object]:
+    """``prime()`` (if given), a warm-up, then the load. Resident memory of the server's whole process group,
+    by process (see :func:`group_memory`), sampled every ``sample_every`` seconds of the load (every 0.25 s of
+    the warm-up).
+
+    Growth compares like with like, so that requests in flight (their buffers are real memory, but come back)
+    do not read as growth: ``group_rss_growth`` is the group idle after the load against idle after the
+    warm-up (what the load left behind), ``group_rss_peak_growth`` the peak under load against the peak under
+    the warm-up's load. ``rss_growth``: the mgd-rt process's (the one holding the model) peak under the
+    load against its first sample after the warm-up."""
+    def memory() -> dict[str, int]:
+        return group_memory(proc.pid)
+
+    if prime is not None:
+        prime()
+    warm = run_load(threads, warm_requests, good, bad, 5, memory)  # every bad kind early
+    load = run_load(threads, requests, good, bad, bad_every, memory, every=sample_every)
+    figures = memory_figures(load.memory)
+    idle_before, idle_after = warm.memory[-1][1]["group"], load.memory[-1][1]["group"]  # sampled after join()
+    peak_warm = max(m["group"] for _, m in warm.memory)
+    peak_load = max(m["group"] for _, m in load.memory)
+    return {"threads": threads, "requests_per_thread": requests, "warmup": warm.summary(), **load.summary(),
+            "rss_after_warmup_mb": figures["memory_mb_after_warmup"]["mgd-rt"],
+            "rss_peak_mb": figures["memory_mb_peak"]["mgd-rt"], "rss_growth": figures["memory_growth"]["mgd-rt"],
+            "group_rss_mb_after_warmup": round(idle_before / 2**20, 1),
+            "group_rss_mb_at_end": round(idle_after / 2**20, 1),
+            "group_rss_growth": round(idle_after / idle_before - 1, 4),
+            "group_rss_mb_peak_warmup": round(peak_warm / 2**20, 1), "group_rss_mb_peak": round(peak_load / 2**20, 1),
+            "group_rss_peak_growth": round(peak_load / peak_warm - 1, 4), **figures}
 
 
 def free_port() -> int:
@@ -260,6 +404,7 @@ def serve_under_load(model: Path, work: Path, serve_bin: Path, threads: int, req
     from mgd_rt.runtime.backends.onnxruntime_backend import OnnxRuntimeBackend
 
     http, grpc, metrics = free_port(), free_port(), free_port()
+    max_batch = 4
     local = OnnxRuntimeBackend(model)
     size = local.image_size
     rng = np.random.default_rng(0)
@@ -269,7 +414,7 @@ def serve_under_load(model: Path, work: Path, serve_bin: Path, threads: int, req
     with open(work / "serve.log", "w") as log:
         proc = subprocess.Popen(
             [str(serve_bin), "serve", str(model), "--address", "127.0.0.1", "--http-port", str(http),
-             "--grpc-port", str(grpc), "--metrics-port", str(metrics), "--max-batch", "4"],
+             "--grpc-port", str(grpc), "--metrics-port", str(metrics), "--max-batch", str(max_batch)],
             stdout=log, stderr=subprocess.STDOUT, start_new_session=True, cwd=work,
             env={**os.environ, "PYTHONPATH": "", **(env_extra or {})})
     clients = [grpcclient.InferenceServerClient(f"127.0.0.1:{grpc}") for _ in range(threads)]
@@ -282,6 +427,14 @@ def serve_under_load(model: Path, work: Path, serve_bin: Path, threads: int, req
     def good(k: int, i: int) -> bool:
         j = (k + i) % len(inputs)
         return compare_logits(expected[j], send(k, inputs[j]), TOLERANCES["fp32"], name=f"{k}/{i}")
+
+    def prime() -> None:
+        """One request of every batch size up to --max-batch: the model's memory for the largest batch is
+        allocated before memory is measured, whatever batches the dynamic batcher happens to form later."""
+        for b in range(1, max_batch + 1):
+            answer = send(0, np.concatenate(inputs[:b]))
+            if not compare_logits(np.concatenate(expected[:b]), answer, TOLERANCES["fp32"], name=f"batch {b}"):
+                raise AssertionError(f"a batch of {b} was answered wrongly")
 
     def bad(k: int, i: int) -> bool:
         kind = (i // 5 + k) % 4
@@ -314,8 +467,9 @@ def serve_under_load(model: Path, work: Path, serve_bin: Path, threads: int, req
                 return False
 
         wait_ready(proc, ready, work / "serve.log", 300)
-        figures = _load_figures(proc, threads, requests, warm_requests, bad_every, good, bad)
+        figures = _load_figures(proc, threads, requests, warm_requests, bad_every, good, bad, prime=prime)
         figures["serving_after_load"] = clients[0].is_model_ready("mgd_sam2")
+        figures["tritonserver_malloc_env"] = _malloc_env(proc.pid, "tritonserver")
     finally:
         for c in clients:
             c.close()
