@@ -2,6 +2,7 @@
 
     python calibration/calibrate.py model.onnx [--images DIR] [-n 64] [--method entropy|max|percentile]
                                     [--exclude PATTERN ...] [-o model.int8.onnx]
+                                    [--target-accuracy IOU] [--recover-budget steps=N,fp32=F] [--no-recover]
 """
 
 from __future__ import annotations

@@ -25,6 +25,8 @@ PRECISIONS = ("fp32", "fp16", "int8")
 CHECKPOINT_SUFFIXES = (".pth", ".pt", ".bin", ".ckpt", ".safetensors")
 GRAPH_SUFFIXES = (".onnx",)
 ENGINE_SUFFIXES = (".engine",)
+# AOTInductor packages (mgd-rt export --aoti): compiled code for one device kind and one torch build
+PACKAGE_SUFFIXES = (".pt2",)
 
 # ONNX metadata props written on every exported graph (all values are strings); an engine's
 # sidecar keeps a copy under source.metadata, a Triton config under mgd_rt.* parameters
@@ -42,6 +44,16 @@ METADATA_KEYS: dict[str, str] = {
 CODE_SIZE_KEY = "mcem_code_size"
 # optional prop contract.INPUT_FORMAT_KEY: "uint8" when the input is (B, S, S, 3) pixels; absent = float32
 UNTRAINED = "untrained"  # checkpoint_sha256 of seeded weights
+
+# a .pt2 package carries METADATA_KEYS but opset (no ONNX in it), its precision one of PACKAGE_PRECISIONS,
+# and these: what the runtime checks before loading its compiled library
+PACKAGE_PRECISIONS = ("fp32", "fp16", "bf16")
+PACKAGE_METADATA_KEYS: dict[str, str] = {
+    "device": "cpu or cuda: the device kind its kernels were compiled for",
+    "torch_version": "torch.__version__ that compiled it; the package runs on that torch only",
+    "min_batch": "smallest batch it was compiled for, decimal",
+    "max_batch": "largest batch it was compiled for, decimal (equal to min_batch: a static batch)",
+}
 
 
 def metadata_floats(text: str | None, default: tuple[float, ...]) -> tuple[float, ...]:
@@ -217,7 +229,8 @@ def read_sidecar(engine: str | Path) -> dict[str, Any]:
 
 
 __all__ = [
-    "CHECKPOINT_SUFFIXES", "CODE_SIZE_KEY", "ENGINE_SUFFIXES", "GRAPH_SUFFIXES", "METADATA_KEYS", "PRECISIONS",
+    "CHECKPOINT_SUFFIXES", "CODE_SIZE_KEY", "ENGINE_SUFFIXES", "GRAPH_SUFFIXES", "METADATA_KEYS",
+    "PACKAGE_METADATA_KEYS", "PACKAGE_PRECISIONS", "PACKAGE_SUFFIXES", "PRECISIONS",
     "SIDECAR_FORMAT", "SIDECAR_KEYS", "SIDECAR_VERSION", "UNTRAINED", "atomic_write", "check_output_path",
     "engine_path", "file_sha256", "format_floats", "fp16_path", "int8_path", "metadata_floats", "read_sidecar",
     "sidecar_path", "sized_path", "unsized_name", "write_atomic", "write_engine", "write_json_atomic",

@@ -19,7 +19,7 @@ from typing import Any
 
 # the distributions bench's environment lists, installed or not (None when not)
 BENCH_LIBRARIES = ("mgd-rt", "numpy", "pillow", "torch", "torchvision", "onnx", "onnxruntime", "onnxruntime-gpu",
-                   "tensorrt", "tensorrt-rtx", "sam2")
+                   "tensorrt", "tensorrt-rtx", "openvino", "sam2")
 # what nvidia-smi is asked for, one dict per GPU with these keys
 NVIDIA_SMI_FIELDS = ("index", "name", "driver_version", "pstate", "clocks.sm", "clocks.mem", "clocks.max.sm",
                      "clocks.max.mem", "power.draw", "power.limit", "temperature.gpu", "memory.total", "pci.bus_id")

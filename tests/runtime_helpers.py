@@ -10,7 +10,7 @@ from pathlib import Path
 
 import numpy as np
 
-from mgd_rt.contract import IMAGENET_MEAN, IMAGENET_STD, INPUT_NAME, OUTPUT_NAME
+from mgd_rt.contract import IMAGENET_MEAN, IMAGENET_STD, INPUT_FORMAT_KEY, INPUT_NAME, OUTPUT_NAME, PIXEL_INPUT
 
 TOY_WEIGHTS = np.array([1.5, -1.0, 0.5], dtype=np.float32)
 TOY_BIAS = np.float32(0.25)
@@ -54,5 +54,31 @@ def make_toy_onnx(
             entry = model.metadata_props.add()
             entry.key, entry.value = k, v
     onnx.checker.check_model(model)
+    onnx.save(model, str(path))
+    return path
+
+
+def make_pixel_toy_onnx(path: Path, size: int = 32) -> Path:
+    """The toy graph with a pixel input: uint8 (B, S, S, 3) -> Cast -> (B, 3, S, S) -> the toy Conv, metadata
+    input_format uint8 (the graph computes toy_logits of the raw 0..255 values)."""
+    import onnx
+    from onnx import TensorProto, helper, numpy_helper
+
+    nodes = [helper.make_node("Cast", [INPUT_NAME], ["f"], to=TensorProto.FLOAT),
+             helper.make_node("Transpose", ["f"], ["chw"], perm=[0, 3, 1, 2]),  # (B, S, S, 3) -> (B, 3, S, S)
+             helper.make_node("Conv", ["chw", "w", "b"], [OUTPUT_NAME])]
+    graph = helper.make_graph(
+        nodes, "pixel_toy",
+        [helper.make_tensor_value_info(INPUT_NAME, TensorProto.UINT8, ["batch", size, size, 3])],
+        [helper.make_tensor_value_info(OUTPUT_NAME, TensorProto.FLOAT, ["batch", 1, size, size])],
+        initializer=[numpy_helper.from_array(TOY_WEIGHTS.reshape(1, 3, 1, 1), "w"),
+                     numpy_helper.from_array(np.array([TOY_BIAS], dtype=np.float32), "b")])
+    model = helper.make_model(graph, opset_imports=[helper.make_opsetid("", 17)])
+    model.ir_version = 8
+    for k, v in {"variant": "toy", "image_size": str(size), "precision": "fp32", INPUT_FORMAT_KEY: PIXEL_INPUT,
+                 "mean": ",".join(map(str, IMAGENET_MEAN)), "std": ",".join(map(str, IMAGENET_STD)),
+                 "checkpoint_sha256": "untrained"}.items():
+        entry = model.metadata_props.add()
+        entry.key, entry.value = k, v
     onnx.save(model, str(path))
     return path

@@ -27,7 +27,7 @@ RESULT_KEYS = {"model", "label", "batch", "backend", "device", "precision", "var
                "status", "error", "load_s", "warmup_timings_s", "warmup_stable", "timings_s",
                "cuda_event_timings_s", "latency_ms", "images_per_s", "memory", "flops_per_image",
                "achieved_tflops", "peak_tflops", "peak_fraction", "vs_torch_fp32", "inputs", "accuracy",
-               "end_to_end"}
+               "end_to_end", "compile", "compile_s", "compile_cache"}
 
 
 @pytest.fixture(scope="module")

@@ -108,7 +108,9 @@ def test_qdq_graph(tiny_fp32, tiny_int8):
     kept = set(default_excluded_nodes(fp32, 512))
     assert len(kept) == 36  # the Conv/ConvTranspose with an output side >= 64
     assert not kept & set(quantized_nodes(model))
-    assert len(quantized_nodes(model)) == 120
+    # 121 since the export traces the position-code stand-in non-strict (same graph, another node order,
+    # and ModelOpt's placement quantizes one more MatMul); 120 before
+    assert len(quantized_nodes(model)) == 121
 
 
 def test_metadata(tiny_fp32, tiny_int8, photos):
@@ -292,19 +294,19 @@ def test_sensitivity_sweep(tiny_fp32, tiny_int8):
     held = calib_data.skimage_set(HOLDOUT_PHOTOS, 512, (0.485, 0.456, 0.406),
                                   (0.229, 0.224, 0.225), limit=1)
     report = sweep(tiny_fp32, tiny_int8, held.tensors, group_size=40)
-    assert len(report.rows) == 3  # 120 quantized nodes in groups of 40
-    assert sum(len(r.nodes) for r in report.rows) == 120
+    assert len(report.rows) == 4  # 121 quantized nodes in groups of 40
+    assert sum(len(r.nodes) for r in report.rows) == 121
     assert report.baseline.sigmoid_mae > 0
     # restoring the first block (the image encoder's start) measurably helps
     assert min(r.comparison.sigmoid_mae for r in report.rows) < report.baseline.sigmoid_mae
     # restoring every node (activations and the FP32 weights; Add / Resize may share a quantized
     # compute node's DequantizeLinear) gives the FP32 graph back
-    from mgd_rt.calibration.sensitivity import _run, restore_fp32
+    from mgd_rt.calibration.sensitivity import restore_fp32, run_graph
     from mgd_rt.numerics import compare_logits
 
     int8_model, fp32_model = onnx.load(str(tiny_int8)), onnx.load(str(tiny_fp32))
     restored = restore_fp32(int8_model, {n.name for n in int8_model.graph.node}, fp32_model)
-    assert compare_logits(_run(fp32_model, held.tensors), _run(restored, held.tensors), "fp32").passed
+    assert compare_logits(run_graph(fp32_model, held.tensors), run_graph(restored, held.tensors), "fp32").passed
 
 
 def _rtx_build(path: Path) -> int:

@@ -23,7 +23,7 @@ from pathlib import Path
 import numpy as np
 import pytest
 from reliability_helpers import stop_group as _stop
-from runtime_helpers import make_toy_onnx
+from runtime_helpers import make_pixel_toy_onnx, make_toy_onnx
 
 from mgd_rt.contract import INPUT_NAME, OUTPUT_NAME
 from mgd_rt.errors import MgdRtError
@@ -100,6 +100,19 @@ def test_triton_repo_onnx_exact(tmp_path: Path) -> None:
     write_triton_repo([graph], repo, overwrite=True)
     assert "max_batch_size: 8" in (model_dir / "config.pbtxt").read_text()  # the graph default
     assert sorted(p.name for p in repo.iterdir()) == ["toy"]  # no temporary directory left
+
+
+def test_triton_repo_pixel_input(tmp_path: Path) -> None:
+    """A graph exported with --uint8-input is served as uint8 (S, S, 3), and says so in its parameters."""
+    graph = make_pixel_toy_onnx(tmp_path / "pix.onnx", size=32)
+    (model_dir,) = write_triton_repo([graph], tmp_path / "repo", max_batch=4)
+    config = _parse_config((model_dir / "config.pbtxt").read_text())
+    assert config.input[0].data_type == 2  # TYPE_UINT8
+    assert list(config.input[0].dims) == [32, 32, 3] and list(config.output[0].dims) == [1, 32, 32]
+    assert config.parameters["mgd_rt.input_format"].string_value == "uint8"
+    float_graph = make_toy_onnx(tmp_path / "toy.onnx", size=32)
+    (float_dir,) = write_triton_repo([float_graph], tmp_path / "repo2", max_batch=4)
+    assert "mgd_rt.input_format" not in (float_dir / "config.pbtxt").read_text()  # float32: the default
 
 
 def _fake_engine(tmp_path: Path, profile: tuple[int, int, int], size: int = 64) -> Path:

@@ -36,7 +36,7 @@ from pathlib import Path
 
 from mgd_rt.bench.chart import write_chart
 from mgd_rt.bench.flops import count_flops
-from mgd_rt.bench.models import is_variant, plan, set_tf32
+from mgd_rt.bench.models import Run, compile_modes, is_variant, plan, set_tf32
 from mgd_rt.bench.peaks import GPU_PEAKS, GpuPeak, cpu_peak, gpu_peak
 from mgd_rt.bench.photos import synthetic_photo
 from mgd_rt.bench.report import SCHEMA, BenchReport, BenchResult
@@ -47,7 +47,7 @@ from mgd_rt.machine import default_device
 
 
 def bench(
-    models: Sequence[str | Path],
+    models: Sequence[str | Path | Run],
     batches: Sequence[int] = (1,),
     warmup: int = 3,
     iters: int | None = 10,
@@ -59,15 +59,16 @@ def bench(
     output: str | Path | None = None,
     chart: str | Path | None = None,
     image_size: int | None = None,
-    compile: bool = False,
+    compile: str | Sequence[str | None] | None = None,
     photos: int = 4,
     unavailable: Sequence[dict[str, str]] = (),
     on_result: Callable[[BenchResult], None] | None = None,
     tf32: bool = False,
+    backend: str = "auto",
 ) -> BenchReport:
     """Benchmark ``models`` at each batch size and write the JSON (``output``) and PNG (``chart``).
 
-    models: checkpoints (.pth/.pt/.safetensors, PyTorch eager; ``compile`` adds torch.compile),
+    models: checkpoints (.pth/.pt/.safetensors, PyTorch eager unless ``compile``),
     .onnx graphs (ONNX Runtime), engines (TensorRT, where that backend exists) or variant names
     (``b+``, ``tiny``, ...: seeded UNTRAINED weights), each loaded through the runtime's backend
     table. dtypes: the precisions PyTorch models run in (default fp32; fp16/bf16 = autocast); a
@@ -81,7 +82,13 @@ def bench(
     not lose the other numbers. ``tf32`` (CUDA): let PyTorch use TF32 tensor cores for FP32 matmuls
     and convolutions; off by default, so "fp32" means FP32 (PyTorch's own default runs cuDNN
     convolutions in TF32) and meets the fp32 tolerance; the switches are restored afterwards and
-    recorded in the JSON.
+    recorded in the JSON. ``backend``: "auto" picks each model file's backend by its suffix; a backend's
+    name runs the files on it (``openvino`` for .onnx graphs), once per precision of ``dtypes``
+    (e.g. fp32 and bf16 from one FP32 graph), each one it takes. A :class:`Run` among ``models`` fixes
+    one row's file, backend and precision (rows on several backends in one run). ``compile``: a
+    torch.compile mode, or several (``"eager"`` or None for the uncompiled run beside them), each PyTorch
+    model and precision run in each; a compiled result records its first call (compilation or inductor
+    cache load) as ``compile_s``, apart from the warm-up and the timed calls.
     """
     start = time.perf_counter()
     if not models:
@@ -100,7 +107,8 @@ def bench(
     device = device or default_device()
     if device.split(":")[0] not in ("cpu", "cuda"):
         raise MgdRtError(f"--device {device}: use cpu, cuda or cuda:N")
-    runs = plan(models, dtypes)  # validates files and dtypes before any slow work
+    modes = compile_modes(compile)
+    runs = plan(models, dtypes, backend, modes)  # validates files, backend and dtypes before any slow work
     if reference is not None and not is_variant(str(reference)) and not Path(reference).is_file():
         raise MgdRtError(f"--reference {reference}: no such checkpoint (or give a variant name such as b+)")
     if end_to_end:
@@ -110,8 +118,8 @@ def bench(
             raise MgdRtError(f"--end-to-end {' '.join(map(str, end_to_end))}: no image files found")
     settings = BenchSettings(models=models, batches=batches, warmup=warmup, iters=iters, seconds=seconds,
                              device=device, dtypes=dtypes, end_to_end=end_to_end, reference=reference, output=output,
-                             chart=chart, image_size=image_size, compile=compile, photos=photos,
-                             unavailable=unavailable, on_result=on_result, tf32=tf32)
+                             chart=chart, image_size=image_size, compile=modes, photos=photos,
+                             unavailable=unavailable, on_result=on_result, tf32=tf32, backend=backend)
     tf32_before = set_tf32(tf32) if settings.on_cuda else None
     try:
         return run_bench(settings, runs, start)
@@ -120,5 +128,5 @@ def bench(
             set_tf32(*tf32_before)
 
 
-__all__ = ["GPU_PEAKS", "SCHEMA", "BenchReport", "BenchResult", "BenchSettings", "GpuPeak", "bench", "count_flops",
-           "cpu_peak", "gpu_peak", "synthetic_photo", "write_chart"]
+__all__ = ["GPU_PEAKS", "SCHEMA", "BenchReport", "BenchResult", "BenchSettings", "GpuPeak", "Run", "bench",
+           "count_flops", "cpu_peak", "gpu_peak", "synthetic_photo", "write_chart"]

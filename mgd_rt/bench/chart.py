@@ -45,7 +45,7 @@ def write_chart(report: BenchReport, path: str | Path) -> Path:
                 end = max(end, xw)
             d.text((end + 4, y + 2), f"{v:.4g}", fill="black", font=font)
     for i, r in enumerate(rows):
-        d.text((pad, top + i * row_h + 5), f"{r.label[:30]} {r.backend} {r.precision} B={r.batch}", fill="black",
+        d.text((pad, top + i * row_h + 5), f"{r.label[:30]} {r.runs_on} {r.precision} B={r.batch}", fill="black",
                font=font)
     if not rows:
         d.text((pad, top + 4), "no result ran", fill="red", font=font)

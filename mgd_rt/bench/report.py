@@ -45,6 +45,16 @@ class BenchResult:
     inputs: list[str] = field(default_factory=list)
     accuracy: dict[str, Any] | None = None
     end_to_end: dict[str, Any] | None = None
+    compile: str | None = None  # torch.compile mode of a torch result; None: eager
+    # the compiled model's first call at this shape (compilation or inductor cache load, plus one forward),
+    # made before the warm-up and in none of the timings; where its kernels came from: miss, hit or reused
+    compile_s: float | None = None
+    compile_cache: str | None = None
+
+    @property
+    def runs_on(self) -> str:
+        """The backend, with the torch.compile mode of a compiled result: ``torch+max-autotune``."""
+        return f"{self.backend}+{self.compile}" if self.compile else self.backend
 
     def summarise(self) -> None:
         """Fill latency_ms and images_per_s from the raw timings."""
@@ -89,13 +99,14 @@ class BenchReport:
 
     def table(self) -> str:
         """The terminal table: one line per result, accuracy in the same row."""
-        head = (f"{'model':<30} {'backend':<12} {'prec':<5} {'B':>3} {'p50 ms':>9} {'p90 ms':>9} {'p99 ms':>9} "
+        bw = max([12] + [len(r.runs_on) for r in self.results])  # wider for compiled results' modes
+        head = (f"{'model':<30} {'backend':<{bw}} {'prec':<5} {'B':>3} {'p50 ms':>9} {'p90 ms':>9} {'p99 ms':>9} "
                 f"{'mean ms':>9} {'img/s':>8} {'xfp32':>6} {'RSS MB':>7} {'GPU MB':>7} {'%peak':>6} "
                 f"{'max/std':>8} {'sig MAE':>8} {'IoU10':>6} acc")
         lines = [head, "-" * len(head)]
         for r in self.results:
             if r.status != "ok":
-                lines.append(f"{r.label[:30]:<30} {r.backend:<12} {r.precision:<5} {r.batch:>3} "
+                lines.append(f"{r.label[:30]:<30} {r.runs_on:<{bw}} {r.precision:<5} {r.batch:>3} "
                              f"not run: {r.error}")
                 continue
             lat = r.latency_ms
@@ -107,12 +118,16 @@ class BenchReport:
 
             verdict = "-" if not acc else ("ok" if acc.get("passed") else "FAIL")
             lines.append(
-                f"{r.label[:30]:<30} {r.backend:<12} {r.precision:<5} {r.batch:>3} {lat['p50']:>9.1f} "
+                f"{r.label[:30]:<30} {r.runs_on:<{bw}} {r.precision:<5} {r.batch:>3} {lat['p50']:>9.1f} "
                 f"{lat['p90']:>9.1f} {lat['p99']:>9.1f} {lat['mean']:>9.1f} {r.images_per_s:>8.3f} "
                 f"{f(r.vs_torch_fp32, '6.2f'):>6} {r.memory.get('host_peak_rss_mb', 0):>7.0f} {f(gpu, '7.0f'):>7} "
                 f"{f(None if r.peak_fraction is None else 100 * r.peak_fraction, '6.2f'):>6} "
                 f"{f(acc.get('max_rel_std'), '8.1e'):>8} {f(acc.get('sigmoid_mae'), '8.1e'):>8} "
                 f"{f(acc.get('iou_top10'), '6.4f'):>6} {verdict}")
+        for r in self.results:
+            if r.status == "ok" and r.compile_s is not None:
+                lines.append(f"compile {r.label} {r.runs_on} {r.precision} B={r.batch}: first call {r.compile_s:.1f} s "
+                             f"(inductor cache: {r.compile_cache}), steady mean {r.latency_ms['mean']:.1f} ms")
         for u in self.unavailable:
             lines.append(f"{u['name'][:30]:<30} not run: {u['reason']}")
         return "\n".join(lines)
@@ -143,9 +158,10 @@ def _json_default(obj: Any) -> Any:
 
 
 def relative_speeds(results: list[BenchResult]) -> None:
-    """vs_torch_fp32: baseline mean latency / this mean latency, same model family, size and batch."""
+    """vs_torch_fp32: baseline (PyTorch FP32 eager) mean latency / this mean latency, same model family, size
+    and batch."""
     base = {(r.variant, r.image_size, r.batch): r.latency_ms["mean"] for r in results
-            if r.status == "ok" and r.backend == "torch" and r.precision == "fp32"}
+            if r.status == "ok" and r.backend == "torch" and r.precision == "fp32" and r.compile is None}
     for r in results:
         b = base.get((r.variant, r.image_size, r.batch))
         if r.status == "ok" and b is not None:

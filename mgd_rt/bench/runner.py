@@ -20,7 +20,7 @@ from mgd_rt.bench.peaks import machine_peak, peak_tflops
 from mgd_rt.bench.photos import load_photos
 from mgd_rt.bench.report import BenchReport, BenchResult, relative_speeds
 from mgd_rt.bench.settings import BenchSettings
-from mgd_rt.bench.timing import Clock, time_result
+from mgd_rt.bench.timing import Clock, compile_call, time_result
 from mgd_rt.errors import MgdRtError, first_line
 from mgd_rt.machine import environment, load_average, nvidia_smi, peak_rss_mb, reset_peak_rss, status_mb
 
@@ -106,7 +106,7 @@ class _Session:
             log.debug("loading %s failed:\n%s", run.model, traceback.format_exc())
             for b in self.settings.batches:
                 self._record(BenchResult(run.model, run.label, b, backend=run.kind, precision=run.dtype or "",
-                                         status="error", error=f"cannot load: {_failure(exc)}"))
+                                         status="error", error=f"cannot load: {_failure(exc)}", compile=run.compile))
             return
 
         load_peak, rss_after_load = peak_rss_mb(), status_mb("VmRSS")
@@ -128,12 +128,16 @@ class _Session:
         if run.kind != "torch":
             from mgd_rt.runtime.backends import load_backend
 
-            return load_backend(run.model, device=settings.device, dtype=None, check_inputs=False), None
+            # run.kind: the backend plan() picked (by suffix, or --backend); run.dtype: None = the graph's own
+            return load_backend(run.model, run.kind, device=settings.device, dtype=run.dtype,
+                                check_inputs=False), None
         from mgd_rt.runtime.backends.torch_backend import TorchBackend
 
         if run.model not in self.modules:
-            self.modules[run.model] = load_torch_module(run.model, settings.image_size, settings.compile)
-        backend = TorchBackend(self.modules[run.model], device=settings.device, dtype=run.dtype, check_inputs=False)
+            self.modules[run.model] = load_torch_module(run.model, settings.image_size)
+        # one module, shared by the file's precisions and compile modes; each backend compiles its own forward
+        backend = TorchBackend(self.modules[run.model], device=settings.device, dtype=run.dtype, check_inputs=False,
+                               compile=run.compile, tf32=settings.tf32 and settings.on_cuda)
         if not settings.on_cuda:
             return backend, None
         import torch
@@ -145,12 +149,21 @@ class _Session:
         backend, size = loaded.backend, loaded.backend.image_size
         chosen = [loaded.tensors[i % len(loaded.tensors)] for i in range(b)]  # real photos, cycled to fill the batch
         batch = np.stack([x for _, x in chosen])  # (B, 3, S, S) float32
+        if backend.takes_pixels:
+            from mgd_rt.runtime.processing import to_pixels
+
+            batch = to_pixels(batch, backend.mean, backend.std)  # (B, S, S, 3) uint8, as its clients send
         result = BenchResult(run.model, run.label, b, backend=backend.name, device=backend.device,
                              precision=backend.precision, variant=backend.variant, image_size=size,
-                             trained=backend.trained, load_s=loaded.load_s, inputs=[n for n, _ in chosen])
+                             trained=backend.trained, load_s=loaded.load_s, inputs=[n for n, _ in chosen],
+                             compile=run.compile)
         # the FLOPs count and an earlier batch's reference pass must not count as this run's memory
         reset_peak_rss()
         try:
+            if run.compile is not None:
+                compile_call(result, backend, batch, self.clock)  # compilation, timed apart from the warm-up
+                result.memory["host_peak_rss_compile_mb"] = peak_rss_mb()
+                reset_peak_rss()  # the compiler's own peak stays out of the steady-state figure
             last = time_result(result, backend, batch, self.settings, self.clock, loaded.torch_cuda)
         except Exception as exc:
             log.debug("running %s at batch %d failed:\n%s", run.model, b, traceback.format_exc())

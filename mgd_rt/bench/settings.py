@@ -38,11 +38,12 @@ class BenchSettings:
     output: str | Path | None = None
     chart: str | Path | None = None
     image_size: int | None = None
-    compile: bool = False
+    compile: Sequence[str | None] = (None,)  # torch.compile modes per PyTorch run; None: eager
     photos: int = 4
     unavailable: Sequence[dict[str, str]] = ()
     on_result: Callable[[BenchResult], None] | None = None  # called with each result as it is recorded
     tf32: bool = False
+    backend: str = "auto"  # what runs the model files: by suffix, or the backend named
 
     @property
     def on_cuda(self) -> bool:
@@ -58,10 +59,11 @@ class BenchSettings:
         """The JSON's ``settings`` entry."""
         return {"models": [str(m) for m in self.models], "batches": self.batches, "warmup": self.warmup,
                 "iters": self.iters, "seconds": self.seconds, "device": self.device,
-                "dtypes": list(self.dtypes or ["fp32"]),
+                "dtypes": list(self.dtypes or ["fp32"]), "backend": self.backend,
                 "end_to_end": [str(p) for p in self.end_to_end] if self.end_to_end else None,
                 "reference": str(self.reference) if self.reference is not None else None,
-                "image_size": self.image_size, "compile": self.compile, "warmup_until_stable": self.until_stable,
+                "image_size": self.image_size, "compile": [m or "eager" for m in self.compile],
+                "warmup_until_stable": self.until_stable,
                 "tf32": self.tf32 if self.on_cuda else None,
                 "stable_rule": f"{STABLE_WINDOW} consecutive calls within {STABLE_SPREAD:.0%} of their median, "
                                f"at most {MAX_WARMUP_ITERS} calls / {MAX_WARMUP_SECONDS:.0f} s",

@@ -62,17 +62,32 @@ def warm_up(clock: Clock, fn: Callable[[], np.ndarray], minimum: int, until_stab
         timings.append(clock(fn)[0])
 
 
+def compile_call(result: BenchResult, backend: Any, batch: np.ndarray, clock: Clock) -> None:
+    """A compiled torch backend's first call at ``batch``'s shape, (B, 3, S, S) float32: the compilation (or
+    the inductor cache load) plus one forward. Made before the warm-up, so no warm-up count or timed call
+    includes it; fills ``result.compile_s`` with the backend's own measure of that call (synchronised on
+    CUDA) and ``result.compile_cache`` with where its kernels came from (miss, hit, reused)."""
+    wall, _, _ = clock(lambda: backend.infer(batch))
+    key = (int(batch.shape[0]), int(batch.shape[-1]))
+    result.compile_s = backend.compile_seconds.get(key, wall)
+    result.compile_cache = backend.compile_cache.get(key)
+
+
 def time_result(result: BenchResult, backend: Any, batch: np.ndarray, settings: BenchSettings, clock: Clock,
                 torch_cuda: Any) -> np.ndarray:
     """Warm up, then time ``settings.iters`` calls of ``backend.infer(batch)`` (or calls for
     ``settings.seconds``); fills ``result``'s timings, latency and GPU memory.
 
-    ``batch`` is (B, 3, S, S) float32; ``torch_cuda`` is ``torch.cuda`` for the torch backend on a GPU
+    ``batch`` is (B, 3, S, S) float32 or, for a pixel-input model, (B, S, S, 3) uint8; ``torch_cuda`` is
+    ``torch.cuda`` for the torch backend on a GPU
     (its allocator's peaks are recorded), else None. Returns the last timed output (B, 1, S, S), which
     the accuracy check compares.
     """
+    # uint8 (B, S, S, 3) pixels for a pixel-input model: what its clients send, no host float work timed
+    run = backend.infer_pixels if batch.dtype == np.uint8 else backend.infer
+
     def call() -> np.ndarray:
-        return backend.infer(batch)
+        return run(batch)
 
     if torch_cuda is not None:
         torch_cuda.synchronize()
@@ -104,4 +119,4 @@ def time_result(result: BenchResult, backend: Any, batch: np.ndarray, settings: 
     return out
 
 
-__all__ = ["Clock", "time_result", "warm_up"]
+__all__ = ["Clock", "compile_call", "time_result", "warm_up"]

@@ -2,14 +2,16 @@
 
 ``calibrate`` is the one entry point (``mgd-rt calibrate`` and ``python calibration/calibrate.py``
 are thin over it); ``accuracy_report`` compares the INT8 graph with the FP32 one on held-out
-images; ``sensitivity.sweep`` finds the layers whose quantization costs accuracy; the
-default exclusions live in ``exclusions.py``.
+images; ``recover_accuracy`` puts the layers that cost accuracy back in FP32 until those
+images pass (``recovery.py``); ``sensitivity.sweep`` finds the layers whose quantization costs
+accuracy; the default exclusions live in ``exclusions.py``.
 """
 
 from __future__ import annotations
 
 from mgd_rt.calibration.exclusions import DEFAULT_EXCLUDE_OP_TYPES, FULL_RESOLUTION_DIVISOR
 from mgd_rt.calibration.quantize import CALIBRATION_KEYS, METHODS, calibrate
+from mgd_rt.calibration.recovery import RecoveryBudget, RecoveryResult, recover_accuracy
 from mgd_rt.calibration.report import AccuracyReport, accuracy_report
 
 __all__ = [
@@ -18,6 +20,9 @@ __all__ = [
     "FULL_RESOLUTION_DIVISOR",
     "METHODS",
     "AccuracyReport",
+    "RecoveryBudget",
+    "RecoveryResult",
     "accuracy_report",
     "calibrate",
+    "recover_accuracy",
 ]

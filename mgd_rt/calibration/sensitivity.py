@@ -109,8 +109,9 @@ def restore_fp32(model, names: set[str], fp32_model=None):
     return out
 
 
-def _run(model, x: np.ndarray) -> np.ndarray:
-    session = ort_session(model.SerializeToString(), log_severity=3)
+def run_graph(model, x: np.ndarray, threads: int | None = None) -> np.ndarray:
+    """mask_logits (N, 1, S, S) of the ModelProto ``model`` on ``x`` (N, 3, S, S), one image at a time (ORT CPU)."""
+    session = ort_session(model.SerializeToString(), threads, log_severity=3)
     return np.concatenate([session.run([OUTPUT_NAME], {INPUT_NAME: x[i : i + 1]})[0] for i in range(len(x))])
 
 
@@ -130,13 +131,13 @@ def sweep(
 
     fp32_model = onnx.load(str(fp32_path))
     if reference is None:
-        reference = _run(fp32_model, inputs)
+        reference = run_graph(fp32_model, inputs)
     model = onnx.load(str(int8_path))
     nodes = quantized_nodes(model)
-    report = SweepReport(compare_logits(reference, _run(model, inputs), "int8", name="all int8"))
+    report = SweepReport(compare_logits(reference, run_graph(model, inputs), "int8", name="all int8"))
     for first in range(0, len(nodes), group_size):
         group = nodes[first : first + group_size]
-        candidate = _run(restore_fp32(model, set(group), fp32_model), inputs)
+        candidate = run_graph(restore_fp32(model, set(group), fp32_model), inputs)
         comparison = compare_logits(reference, candidate, "int8", name=f"fp32 {first}..{first + len(group) - 1}")
         log.info("  %s", comparison.row())
         report.rows.append(SweepRow(first, group, comparison))

@@ -5,6 +5,8 @@ from __future__ import annotations
 import argparse
 import sys
 
+from mgd_rt.cli.options import add_torch_options
+
 
 def _ints(text: str) -> list[int]:
     try:
@@ -17,9 +19,9 @@ def _ints(text: str) -> list[int]:
 
 
 def _dtypes(text: str) -> list[str]:
-    from mgd_rt.runtime.backends import BACKENDS
+    from mgd_rt.runtime.backends import DTYPES
 
-    allowed = BACKENDS["torch"].dtypes
+    allowed = DTYPES  # which backend takes which is checked by bench's plan, per model
     values = [v.strip() for v in text.split(",") if v.strip()]
     bad = [v for v in values if v not in allowed]
     if not values or bad:
@@ -28,6 +30,8 @@ def _dtypes(text: str) -> list[str]:
 
 
 def register(subparsers: argparse._SubParsersAction) -> None:
+    from mgd_rt.runtime.backends import BACKEND_CHOICES  # the backend table: plain data, no torch
+
     parser = subparsers.add_parser(
         "bench",
         help="latency, throughput, memory and accuracy per model, precision and batch size",
@@ -36,8 +40,9 @@ def register(subparsers: argparse._SubParsersAction) -> None:
         "table; -o writes the JSON (every raw timing and the environment) and a PNG chart beside it.",
     )
     parser.add_argument("models", metavar="MODEL", nargs="+",
-                        help="checkpoint (.pth/.pt/.safetensors: PyTorch eager), .onnx (ONNX Runtime), engine "
-                        "(TensorRT, where installed), or a variant name (b+, tiny, ...) for seeded UNTRAINED weights")
+                        help="checkpoint (.pth/.pt/.safetensors: PyTorch, eager or --compile), .onnx (ONNX Runtime), "
+                        "engine (TensorRT, where installed), or a variant name (b+, tiny, ...) for seeded UNTRAINED "
+                        "weights")
     parser.add_argument("--batch", type=_ints, default=[1], metavar="1,2,4,8", help="batch sizes (default: 1)")
     parser.add_argument("--warmup", type=int, default=3, metavar="N",
                         help="warm-up calls (default 3; on CUDA more until 3 calls agree within 5%%)")
@@ -47,12 +52,14 @@ def register(subparsers: argparse._SubParsersAction) -> None:
     parser.add_argument("--device", default=None, help="cpu, cuda or cuda:N (default: CUDA when usable, else cpu)")
     parser.add_argument("--dtype", type=_dtypes, default=None, metavar="fp32,bf16",
                         help="PyTorch precisions to run each checkpoint in (default fp32; fp16/bf16 = autocast); "
-                        "an .onnx graph or engine runs in its own precision, which is reported")
+                        "an .onnx graph or engine runs in its own precision, which is reported, unless "
+                        "--backend names one that chooses (openvino: fp32 or bf16 from an FP32 graph)")
+    parser.add_argument("--backend", choices=BACKEND_CHOICES, default="auto",
+                        help="what runs the model files (default: picked by suffix; openvino runs .onnx graphs "
+                        "on OpenVINO)")
     parser.add_argument("--image-size", type=int, default=None, metavar="S",
                         help="model input side for checkpoints and variant names (default: the variant's)")
-    parser.add_argument("--compile", action="store_true", help="PyTorch models: torch.compile before timing")
-    parser.add_argument("--tf32", action="store_true",
-                        help="CUDA: allow TF32 tensor cores in PyTorch FP32 (default off: fp32 means FP32)")
+    add_torch_options(parser, several=True)  # --compile eager,default,... and --tf32
     parser.add_argument("--end-to-end", nargs="+", default=None, metavar="IMAGES",
                         help="also time image files (files, folders, globs) from disk to written matte, by stage")
     parser.add_argument("--reference", metavar="CKPT", default=None,
@@ -77,7 +84,7 @@ def run(args: argparse.Namespace) -> int:
     report = bench(
         args.models, batches=args.batch, warmup=args.warmup, device=args.device, dtypes=args.dtype,
         end_to_end=args.end_to_end, reference=args.reference, output=args.output, chart=args.chart,
-        image_size=args.image_size, compile=args.compile, tf32=args.tf32, **counts,
+        image_size=args.image_size, compile=args.compile, tf32=args.tf32, backend=args.backend, **counts,
     )
     print(report.table())
     for r in report.results:

@@ -4,6 +4,8 @@ from __future__ import annotations
 
 import argparse
 
+from mgd_rt.cli.options import add_torch_options
+
 # the runtime's tables (numpy, Pillow, OpenCV; no torch): choices are read, never copied
 from mgd_rt.runtime.backends import BACKEND_CHOICES, DTYPES
 from mgd_rt.runtime.compose import DEFAULT_ESTIMATOR, ESTIMATORS
@@ -64,6 +66,7 @@ def register(subparsers: argparse._SubParsersAction) -> None:
     parser.add_argument("--dtype", choices=DTYPES, default=None,
                         help="torch: autocast precision (default fp32); a graph, engine or served model runs in "
                         "its own precision, which --dtype must match")
+    add_torch_options(parser)
     parser.add_argument("--recursive", action="store_true", help="descend into sub-folders (and ** in globs)")
     parser.add_argument("--overwrite", action="store_true", help="replace existing outputs (default: keep them)")
     parser.add_argument("--tile", action="store_true",
@@ -120,6 +123,8 @@ def run(args: argparse.Namespace) -> int:
                 or STDIO in (args.output, *args.inputs)):
             args.parser.error("--ray runs the whole-image pass on image files only; leave out --tile, --tta, "
                               "--foreground, --background, --invert and -")
+        if args.compile is not None or args.tf32:
+            args.parser.error("--ray: each actor loads the model itself; leave out --compile and --tf32")
         from mgd_rt.serve.ray_data import DEFAULT_CPUS_PER_ACTOR, segment_dataset
 
         summary = segment_dataset(
@@ -138,7 +143,8 @@ def run(args: argparse.Namespace) -> int:
         from mgd_rt.runtime.watch import watch
 
         with Segmenter(args.model, device=args.device, backend=args.backend, dtype=args.dtype,
-                       batch_size=args.batch_size, tile=args.tile, tile_scale=args.tile_scale, tta=args.tta) as seg:
+                       batch_size=args.batch_size, tile=args.tile, tile_scale=args.tile_scale, tta=args.tta,
+                       compile=args.compile, tf32=args.tf32) as seg:
             summary = watch(seg, args.inputs, args.output, Outputs(
                 args.format, args.threshold, cutout, args.frames, args.start, args.duration, args.keep_partial),
                 recursive=args.recursive, overwrite=args.overwrite, poll=args.poll)
@@ -149,7 +155,8 @@ def run(args: argparse.Namespace) -> int:
         batch_size=args.batch_size, device=args.device, backend=args.backend, recursive=args.recursive,
         overwrite=args.overwrite, dtype=args.dtype, tile=args.tile, tile_scale=args.tile_scale,
         tta=args.tta, cutout=cutout, frames=args.frames,
-        start=args.start, duration=args.duration, keep_partial=args.keep_partial,
+        start=args.start, duration=args.duration, keep_partial=args.keep_partial, compile=args.compile,
+        tf32=args.tf32,
     )
     # with -o - stdout carries the image, so the summary goes to stderr
     print(summary.line(), file=sys.stderr if args.output == STDIO else sys.stdout)

@@ -38,6 +38,39 @@ def add_device_option(parser: argparse.ArgumentParser) -> None:
     parser.add_argument("--device", default="cpu", help="cpu, cuda or cuda:N (default: cpu)")
 
 
+def _compile_modes(text: str) -> list[str | None]:
+    """bench's --compile: comma-separated modes, ``eager`` (None) for the uncompiled run beside them."""
+    from mgd_rt.runtime.backends.torch_compile import COMPILE_MODES  # plain data, no torch
+
+    values = [v.strip() for v in text.split(",") if v.strip()]
+    bad = [v for v in values if v != "eager" and v not in COMPILE_MODES]
+    if not values or bad:
+        raise argparse.ArgumentTypeError(f"{text!r}: choose from eager, {', '.join(COMPILE_MODES)} (comma-separated)")
+    return [None if v == "eager" else v for v in dict.fromkeys(values)]
+
+
+def add_torch_options(parser: argparse.ArgumentParser, several: bool = False) -> None:
+    """The "PyTorch" group: --compile MODE (torch.compile with inductor) and --tf32, for checkpoints.
+
+    ``several``: --compile takes a comma list, ``eager`` among the modes (bench runs each).
+    """
+    from mgd_rt.runtime.backends.torch_compile import COMPILE_MODES  # plain data, no torch
+
+    group = parser.add_argument_group("PyTorch (checkpoints)")
+    what = ("torch.compile modes to run each checkpoint in, comma-separated; eager is the uncompiled run (default: "
+            "eager)" if several else "run the checkpoint through torch.compile in this mode (default: eager)")
+    group.add_argument(
+        "--compile", metavar="MODE[,MODE]" if several else "MODE", default=None,
+        type=_compile_modes if several else None, choices=None if several else COMPILE_MODES,
+        help=f"{what}: {', '.join(COMPILE_MODES)}; inductor, static shapes (a new batch size compiles again), "
+        "kernels cached in $TORCHINDUCTOR_CACHE_DIR (default ~/.cache/mgd-rt/inductor); reduce-overhead and "
+        "max-autotune capture CUDA graphs on CUDA (reduce-overhead is CUDA only)",
+    )
+    group.add_argument("--tf32", action="store_true",
+                       help="CUDA: let FP32 matmuls and convolutions use TF32 tensor cores (default off: fp32 means "
+                       "FP32)")
+
+
 def calibration_defaults() -> dict[str, Any]:
     """mgd_rt.calibration.calibrate's own defaults, read from its signature (one place states them):
     shown in --help, and what ``build`` compares with to tell calibration flags given without

@@ -9,12 +9,14 @@ import json
 def register(subparsers: argparse._SubParsersAction) -> None:
     parser = subparsers.add_parser(
         "verify",
-        help="compare an .onnx graph with the PyTorch model (ONNX Runtime, CPU)",
-        description="Run ARTIFACT with ONNX Runtime on photos and random input and compare with the "
+        help="compare an .onnx graph (ONNX Runtime, CPU), engine or .pt2 package with the PyTorch model",
+        description="Run ARTIFACT (an .onnx graph with ONNX Runtime on the CPU; a TensorRT .engine; an "
+        "AOTInductor .pt2 package on the device it was compiled for) on photos and random input and compare with the "
         "PyTorch model it was exported from: max |delta logit|, max |delta|/std, sigmoid MAE, mask "
         "IoU, per image. Exit code 1 when a tolerance for the graph's precision is exceeded.",
     )
-    parser.add_argument("artifact", help="the .onnx graph (its metadata names variant, size, precision)")
+    parser.add_argument("artifact", help="the .onnx graph, .engine or .pt2 package (its metadata names variant, "
+                        "size, precision)")
     parser.add_argument("--checkpoint", metavar="CKPT",
                         help="the checkpoint it was exported from (leave out for seeded weights)")
     parser.add_argument("--images", metavar="DIR", help="images to compare on (default: scikit-image samples)")

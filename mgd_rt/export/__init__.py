@@ -27,7 +27,8 @@ from mgd_rt.machine import peak_rss_mb
 
 log = logging.getLogger("mgd_rt")
 
-__all__ = ["MAX_NODES", "ExportResult", "VerifyReport", "export_onnx", "export_onnx_sizes", "save_graph", "verify"]
+__all__ = ["MAX_NODES", "ExportResult", "VerifyReport", "export_onnx", "export_onnx_sizes", "model_metadata",
+           "save_graph", "verify"]
 
 # hygiene rule for B+ at S=1024: fewer nodes than this (tests assert it)
 MAX_NODES = 2500
@@ -90,6 +91,24 @@ class ExportResult:
         return out
 
 
+def model_metadata(model, checkpoint_sha256: str, precision: str) -> dict[str, str]:
+    """The metadata every exported artifact of ``model`` carries (artifacts.METADATA_KEYS but the
+    format's own, e.g. opset): variant, S, normalisation, ``precision``, mgd-rt version, source hash.
+    One place, so an ONNX graph and an AOTInductor package of the same model say the same."""
+    from mgd_rt.contract import IMAGENET_MEAN, IMAGENET_STD
+    from mgd_rt.version import __version__
+
+    return {
+        "variant": model.variant.name,
+        "image_size": str(model.image_size),
+        "mean": format_floats(IMAGENET_MEAN),
+        "std": format_floats(IMAGENET_STD),
+        "precision": precision,
+        "mgd_rt_version": __version__,
+        "checkpoint_sha256": checkpoint_sha256,
+    }
+
+
 def save_graph(model, path: Path) -> int:
     """Write the ONNX ``model`` to ``path`` atomically (mgd_rt.artifacts.atomic_write); returns the size."""
     import onnx
@@ -127,11 +146,10 @@ def export_onnx(
     import onnx
 
     from mgd_rt.checkpoint import load_model
-    from mgd_rt.contract import IMAGENET_MEAN, IMAGENET_STD, INPUT_FORMAT_KEY, PIXEL_INPUT
+    from mgd_rt.contract import INPUT_FORMAT_KEY, PIXEL_INPUT
     from mgd_rt.export import graph as graphs
     from mgd_rt.export.torch_export import DEFAULT_OPSET, torch_to_onnx, used_parameter_bytes
     from mgd_rt.model.mcem import mcem_code_grid
-    from mgd_rt.version import __version__
 
     output = Path(output)
     check_output_path(output, ".onnx")
@@ -174,16 +192,7 @@ def export_onnx(
     step("simplify", t0)
 
     t0 = time.perf_counter()
-    props = {
-        "variant": model.variant.name,
-        "image_size": str(model.image_size),
-        "mean": format_floats(IMAGENET_MEAN),
-        "std": format_floats(IMAGENET_STD),
-        "precision": "fp32",
-        "opset": str(opset),
-        "mgd_rt_version": __version__,
-        "checkpoint_sha256": sha,
-    }
+    props = {**model_metadata(model, sha, "fp32"), "opset": str(opset)}
     if code_grid_size is not None:
         props[CODE_SIZE_KEY] = str(code_grid_size)
     if pixel_input:

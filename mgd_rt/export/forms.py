@@ -57,13 +57,18 @@ def export_form(model: MGDSAM2) -> Iterator[MGDSAM2]:
     use_conv2d_pairs(model, True)
     original_pe_layer = model.pe_layer
     hiera_code = ConstantCode(hiera_pos)
-    # an instance attribute shadows the class method only while the context is open
-    trunk._get_pos_embed = hiera_code  # type: ignore[method-assign]
+    # an instance attribute shadows the class method only while the context is open. Set past
+    # nn.Module.__setattr__: that would register a submodule in _modules, which attribute lookup
+    # reaches only after the class's method, so the code was never called, and torch.export's
+    # non-strict capture failed on the buffer path through it (the ONNX exporter then retried strict)
+    object.__setattr__(trunk, "_get_pos_embed", hiera_code)
     model.pe_layer = ConstantCode(dense_pe)  # type: ignore[assignment]
     try:
         with torch.no_grad():
             # fills MCEM's per-size code cache, so tracing reads constants, not sin/cos ops
-            model(torch.zeros(1, 3, model.image_size, model.image_size))
+            # (on the model's device: an AOTInductor export for CUDA traces a model on the GPU)
+            device = next(model.parameters()).device
+            model(torch.zeros(1, 3, model.image_size, model.image_size, device=device))
         yield model
     finally:
         del trunk._get_pos_embed

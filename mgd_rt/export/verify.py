@@ -62,10 +62,11 @@ def verify(
     model=None,
     random_batch: int = 2,
 ) -> VerifyReport:
-    """Compare ``artifact`` (.onnx, or .engine on the TensorRT backend) with the PyTorch model.
+    """Compare ``artifact`` (.onnx, .engine on the TensorRT backend, or an AOTInductor .pt2 package on the
+    device it was compiled for) with the PyTorch model.
 
     Inputs: photos and random input. The variant, size and precision come from the graph's
-    metadata (an engine's: its sidecar, which carries the source graph's); ``checkpoint`` must be
+    metadata (an engine's: its sidecar, which carries the source graph's; a package's: its own); ``checkpoint`` must be
     the one the graph was exported from (its sha256 is checked), None for seeded weights.
     ``model`` skips loading when the caller already has the eager model. Photos run one at a
     time; the random input is (random_batch, 3, S, S), or the graph's fixed batch.
@@ -79,8 +80,9 @@ def verify(
 
     start = time.perf_counter()
     path = Path(artifact)
-    if path.suffix not in (".onnx", ".engine"):
-        raise MgdRtError(f"{path}: verify takes an .onnx graph or a TensorRT .engine (with its sidecar)")
+    if path.suffix not in (".onnx", ".engine", ".pt2"):
+        raise MgdRtError(f"{path}: verify takes an .onnx graph, a TensorRT .engine (with its sidecar) or an "
+                         "AOTInductor .pt2 package")
     if not path.is_file():
         raise MgdRtError(f"{path}: no such file")
     if path.suffix == ".engine":
@@ -88,6 +90,10 @@ def verify(
 
         sidecar = read_sidecar(path)
         meta = {**sidecar["source"].get("metadata", {}), "precision": sidecar["precision"]}
+    elif path.suffix == ".pt2":
+        from mgd_rt.runtime.backends.aoti_backend import read_package_metadata
+
+        meta = read_package_metadata(path)
     else:
         try:
             meta = read_metadata(onnx.load(str(path), load_external_data=False))
@@ -118,6 +124,12 @@ def verify(
         from mgd_rt.runtime.backends.tensorrt_backend import TensorRTBackend
 
         engine = TensorRTBackend(path)
+        fixed_batch = engine.max_batch if engine.min_batch == engine.max_batch else None
+        run, runner = engine.infer, engine.describe()
+    elif path.suffix == ".pt2":
+        from mgd_rt.runtime.backends.aoti_backend import AOTIBackend
+
+        engine = AOTIBackend(path)  # on the device it was compiled for; refuses another torch or machine
         fixed_batch = engine.max_batch if engine.min_batch == engine.max_batch else None
         run, runner = engine.infer, engine.describe()
     else:

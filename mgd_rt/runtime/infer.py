@@ -262,6 +262,8 @@ def infer(
     keep_partial: bool = False,
     stdin: BinaryIO | None = None,
     stdout: BinaryIO | None = None,
+    compile: str | None = None,
+    tf32: bool = False,
 ) -> InferSummary:
     """Segment ``inputs`` into ``outdir`` (mirroring the input tree) and summarise the run.
 
@@ -274,6 +276,8 @@ def infer(
     video, ``start`` / ``duration`` (seconds) select a range, ``keep_partial`` keeps a broken
     clip's output as ``<name>.partial<suffix>``. An input ``-`` reads ``stdin`` (default:
     sys.stdin.buffer); ``outdir`` ``-`` writes the one output to ``stdout`` (sys.stdout.buffer).
+    ``compile`` / ``tf32``: PyTorch's torch.compile mode and TF32 switch (checkpoints only; see
+    :class:`mgd_rt.runtime.segmenter.Segmenter`).
     """
     if format not in FORMATS:
         raise MgdRtError(f"--format {format}: choose from {', '.join(FORMATS)}")
@@ -291,7 +295,7 @@ def infer(
     todo, summary, fail = start_job(inputs, outdir, recursive, format, overwrite, say, frames)
     seg = model if isinstance(model, Segmenter) else Segmenter(
         model, device=device, backend=backend, dtype=dtype, batch_size=batch_size, tile=tile, tile_scale=tile_scale,
-        tta=tta)
+        tta=tta, compile=compile, tf32=tf32)
     summary.backend = seg.describe()
     summary.precision = seg.backend.precision
     try:

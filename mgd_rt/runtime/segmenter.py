@@ -22,7 +22,7 @@ import numpy as np
 from mgd_rt.errors import MgdRtError
 from mgd_rt.runtime.backends import Backend, load_backend
 from mgd_rt.runtime.image_io import as_rgb, read_image
-from mgd_rt.runtime.processing import postprocess, postprocess_uint8, preprocess
+from mgd_rt.runtime.processing import postprocess, postprocess_uint8, preprocess, resize_rgb
 from mgd_rt.runtime.tiling import TileStats, tiled_logits
 
 ImageSource = str | Path | np.ndarray
@@ -61,7 +61,7 @@ class Result:
 class _Prepared:
     source: Any
     image: np.ndarray | None
-    tensor: np.ndarray | None  # (3, S, S) float32
+    tensor: np.ndarray | None  # (3, S, S) float32, or (S, S, 3) uint8 pixels for a pixel-input model
     error: str | None
     seconds: dict[str, float]
 
@@ -75,6 +75,8 @@ class Segmenter:
     checkpoints, the graph's own precision for .onnx. ``tile``: add the high-resolution
     window pass (see :mod:`mgd_rt.runtime.tiling`). ``tta``: none, flip or paper (see
     :mod:`mgd_rt.runtime.tta`; paper on a graph or engine loads its per-scale siblings).
+    ``compile`` (a torch.compile mode) and ``tf32`` (CUDA): PyTorch options, see
+    :class:`mgd_rt.runtime.backends.torch_backend.TorchBackend`; refused for other backends.
     """
 
     def __init__(
@@ -90,19 +92,25 @@ class Segmenter:
         check_inputs: bool = True,
         workers: int = 2,
         tta: str = "none",
+        compile: str | None = None,
+        tf32: bool = False,
     ) -> None:
         if batch_size < 1:
             raise MgdRtError(f"--batch-size {batch_size}: must be at least 1")
         if tile_scale is not None and tile_scale <= 0:
             raise MgdRtError(f"--tile-scale {tile_scale}: must be positive")
         if isinstance(model, Backend):
+            if compile is not None or tf32:
+                raise MgdRtError("compile and tf32 apply when the Segmenter loads the model; pass them to the "
+                                 "backend you load (TorchBackend(..., compile=..., tf32=...))")
             self.backend = model
         elif isinstance(model, (str, Path)):
-            self.backend = load_backend(model, backend, device, dtype, check_inputs)
+            self.backend = load_backend(model, backend, device, dtype, check_inputs, compile=compile, tf32=tf32)
         else:  # an in-memory PyTorch module
             from mgd_rt.runtime.backends.torch_backend import TorchBackend
 
-            self.backend = TorchBackend(model, device=device, dtype=dtype, check_inputs=check_inputs)
+            self.backend = TorchBackend(model, device=device, dtype=dtype, check_inputs=check_inputs,
+                                        compile=compile, tf32=tf32)
         self.image_size = self.backend.image_size
         if tta != "none" and tile:
             raise MgdRtError(f"--tta {tta} with --tile: not supported; use one or the other")
@@ -110,6 +118,8 @@ class Segmenter:
 
         # every model call goes through it; mode "none" is the backend's own infer
         self.tta = TTA(tta, self.backend, model if isinstance(model, (str, Path)) else None, device, dtype)
+        # a model exported with --uint8-input gets the resized pixels: no float work on the host
+        self.sends_pixels = self.backend.takes_pixels and tta == "none"
         self.batch_size = batch_size
         self.tile = tile
         self.tile_scale = tile_scale
@@ -147,7 +157,10 @@ class Segmenter:
             t0 = time.perf_counter()
             image = as_rgb(source) if isinstance(source, np.ndarray) else read_image(source)
             t1 = time.perf_counter()
-            tensor = preprocess(image, self.image_size, self.backend.mean, self.backend.std)
+            if self.sends_pixels:
+                tensor = resize_rgb(image, self.image_size, self.image_size)
+            else:
+                tensor = preprocess(image, self.image_size, self.backend.mean, self.backend.std)
             seconds.update(decode=t1 - t0, resize=time.perf_counter() - t1)
             return _Prepared(source, image, tensor, None, seconds)
         except MgdRtError as exc:
@@ -182,7 +195,9 @@ class Segmenter:
         model_seconds = 0.0
         if good:
             t0 = time.perf_counter()
-            logits = self.tta(np.stack([p.tensor for p in good]))  # (B, 1, S, S)
+            batch = np.stack([p.tensor for p in good])
+            # (B, 1, S, S); pixels go straight to a pixel-input model (augmentations work on normalised input)
+            logits = self.backend.infer_pixels(batch) if self.sends_pixels else self.tta(batch)
             model_seconds = (time.perf_counter() - t0) / len(good)
         k = 0
         for p in group:

@@ -29,7 +29,7 @@ from pathlib import Path
 
 import numpy as np
 
-from mgd_rt.contract import INPUT_NAME, OUTPUT_NAME
+from mgd_rt.contract import INPUT_FORMAT_KEY, INPUT_NAME, OUTPUT_NAME
 from mgd_rt.errors import MgdRtError
 
 log = logging.getLogger("mgd_rt")
@@ -149,14 +149,17 @@ def make_infer_fn(backend) -> Callable:
     """A PyTriton inference callable over one loaded runtime backend.
 
     Triton's dynamic batcher hands over several requests at once; ``@batch`` stacks them into
-    one (B, 3, S, S) float32 array and splits the (B, 1, S, S) answer back per request.
+    one (B, 3, S, S) float32 array ((B, S, S, 3) uint8 for a pixel-input model) and splits the
+    (B, 1, S, S) answer back per request.
     """
     from pytriton.decorators import batch
 
+    run = backend.infer_pixels if backend.takes_pixels else backend.infer
+
     @batch
     def infer(**inputs: np.ndarray) -> dict[str, np.ndarray]:
-        images = inputs[INPUT_NAME]  # (B, 3, S, S) float32, shape and dtype already checked by Triton
-        return {OUTPUT_NAME: backend.infer(images)}
+        images = inputs[INPUT_NAME]  # shape and dtype already checked by Triton
+        return {OUTPUT_NAME: run(images)}
 
     return infer
 
@@ -231,6 +234,8 @@ def serve(
         "image_size": str(s), "variant": first.variant, "precision": first.precision,
         "mean": ",".join(map(str, first.mean)), "std": ",".join(map(str, first.std)),
     }
+    if first.takes_pixels:  # absent means float32 input, as in the graph's own metadata
+        parameters[INPUT_FORMAT_KEY] = first.input_format
     triton_config = TritonConfig(
         http_address=address, http_port=http_port, grpc_address=address, grpc_port=grpc_port,
         metrics_address=address, metrics_port=metrics_port, exit_on_error=True,
@@ -244,7 +249,9 @@ def serve(
         triton.bind(
             model_name=name,
             infer_func=[make_infer_fn(b) for b in backends],
-            inputs=[Tensor(name=INPUT_NAME, dtype=np.float32, shape=(3, s, s))],  # batch axis implied
+            # batch axis implied; a pixel-input model takes what its clients send, uint8 (S, S, 3)
+            inputs=[Tensor(name=INPUT_NAME, dtype=np.uint8, shape=(s, s, 3)) if first.takes_pixels
+                    else Tensor(name=INPUT_NAME, dtype=np.float32, shape=(3, s, s))],
             outputs=[Tensor(name=OUTPUT_NAME, dtype=np.float32, shape=(1, s, s))],
             config=ModelConfig(
                 max_batch_size=max_batch,

@@ -26,7 +26,14 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
-from mgd_rt.contract import IMAGENET_MEAN, IMAGENET_STD, INPUT_NAME, OUTPUT_NAME
+from mgd_rt.contract import (
+    IMAGENET_MEAN,
+    IMAGENET_STD,
+    INPUT_FORMAT_KEY,
+    INPUT_NAME,
+    OUTPUT_NAME,
+    PIXEL_INPUT,
+)
 from mgd_rt.errors import MgdRtError, first_line
 from mgd_rt.runtime.backends.onnxruntime_backend import ort_session
 
@@ -69,18 +76,22 @@ def model_name(path: str | Path) -> str:
     return re.sub(r"[^A-Za-z0-9_-]+", "_", stem).strip("_") or "model"
 
 
-def _check_io(where: str, io: list[dict[str, Any]], name: str, size: int, channels: int) -> list[int]:
-    """The (B, C, S, S) float32 tensor ``name`` of ``io``; returns its dims as listed (batch -1 if dynamic)."""
+def _check_io(where: str, io: list[dict[str, Any]], name: str, size: int, channels: int,
+              pixels: bool = False) -> list[int]:
+    """The (B, C, S, S) float32 tensor ``name`` of ``io`` (``pixels``: (B, S, S, C) uint8); returns its dims as
+    listed (batch -1 if dynamic)."""
     match = [t for t in io if t["name"] == name]
     if not match:
         raise MgdRtError(f"{where}: has no tensor {name!r} (has {', '.join(t['name'] for t in io)}); "
                          "Triton clients of mgd-rt send 'image' and read 'mask_logits': re-export with mgd-rt export")
     tensor = match[0]
-    if tensor["dtype"] != "float32":
-        raise MgdRtError(f"{where}: {name!r} is {tensor['dtype']}, the contract is float32 I/O; re-export")
+    dtype, dims = ("uint8", [size, size, channels]) if pixels else ("float32", [channels, size, size])
+    if tensor["dtype"] != dtype:
+        raise MgdRtError(f"{where}: {name!r} is {tensor['dtype']}, the contract is {dtype} "
+                         f"({'its metadata says input_format uint8' if pixels else 'float32 I/O'}); re-export")
     shape = [int(d) for d in tensor["shape"]]
-    if len(shape) != 4 or shape[1:] != [channels, size, size]:
-        raise MgdRtError(f"{where}: {name!r} is {shape}, expected (B, {channels}, {size}, {size})")
+    if len(shape) != 4 or shape[1:] != dims:
+        raise MgdRtError(f"{where}: {name!r} is {shape}, expected (B, {', '.join(map(str, dims))})")
     return shape
 
 
@@ -102,7 +113,7 @@ def _onnx_spec(path: Path) -> tuple[dict[str, str], int, int | None]:
     size = int(meta.get("image_size") or (shape[-1] if shape and shape[-1] > 0 else 0))
     if size <= 0:
         raise MgdRtError(f"{path}: neither an image_size metadata prop nor a static input size; re-export")
-    in_shape = _check_io(str(path), inputs, INPUT_NAME, size, 3)
+    in_shape = _check_io(str(path), inputs, INPUT_NAME, size, 3, meta.get(INPUT_FORMAT_KEY) == PIXEL_INPUT)
     out_shape = _check_io(str(path), outputs, OUTPUT_NAME, size, 1)
     if (in_shape[0] > 0) != (out_shape[0] > 0):
         raise MgdRtError(f"{path}: input batch {in_shape[0]} and output batch {out_shape[0]} disagree")
@@ -157,7 +168,9 @@ def plan_model(
         sidecar = read_sidecar(path)
         sidecar_file = sidecar_path(path)
         size = int(sidecar["image_size"])
-        in_shape = _check_io(f"{path} (sidecar)", sidecar["inputs"], INPUT_NAME, size, 3)
+        source_meta = sidecar.get("source", {}).get("metadata", {}) or {}
+        in_shape = _check_io(f"{path} (sidecar)", sidecar["inputs"], INPUT_NAME, size, 3,
+                             source_meta.get(INPUT_FORMAT_KEY) == PIXEL_INPUT)
         _check_io(f"{path} (sidecar)", sidecar["outputs"], OUTPUT_NAME, size, 1)
         platform, filename = "tensorrt_plan", "model.plan"
         lo, opt, hi = (int(sidecar["profile"][k][0]) for k in ("min", "opt", "max"))
@@ -177,7 +190,7 @@ def plan_model(
                                  f"use at most {hi} or rebuild with mgd-rt build --batch 1:{opt}:{chosen}")
             preferred = sorted({b for b in (opt, chosen) if b <= chosen})
         precision = sidecar["precision"]
-        source_meta = sidecar.get("source", {}).get("metadata", {}) or {}
+        meta = source_meta
         variant = sidecar.get("variant", source_meta.get("variant", "unknown"))
         mean, std = source_meta.get("mean"), source_meta.get("std")
         if instance_kind == "cpu":
@@ -188,13 +201,17 @@ def plan_model(
         raise MgdRtError(f"{path}: Triton serves .onnx graphs (onnxruntime_onnx) and TensorRT .engine files "
                          f"(tensorrt_plan), not {suffix!r}; export or build one first")
     batched = chosen > 0
+    pixels = meta.get(INPUT_FORMAT_KEY) == PIXEL_INPUT
     # with batching Triton's dims leave the batch axis out; without, they are the full fixed shape
-    in_dims = [3, size, size] if batched else [fixed_batch, 3, size, size]
+    in_dims = ([size, size, 3] if pixels else [3, size, size]) if batched else \
+        ([fixed_batch, size, size, 3] if pixels else [fixed_batch, 3, size, size])
     out_dims = [1, size, size] if batched else [in_dims[0], 1, size, size]
     parameters = {
         "image_size": str(size), "variant": str(variant), "precision": str(precision),
         "mean": mean or ",".join(map(str, IMAGENET_MEAN)), "std": std or ",".join(map(str, IMAGENET_STD)),
     }
+    if pixels:  # absent means float32 input, as in the graph's own metadata
+        parameters[INPUT_FORMAT_KEY] = PIXEL_INPUT
     info = {"format": "mgd-rt triton model", "format_version": 1, "name": name, "platform": platform,
             "file": filename, **info, "parameters": parameters}
     return ModelSpec(name, path, platform, filename, size, chosen, preferred, in_dims, out_dims, instances,
@@ -214,7 +231,7 @@ def config_pbtxt(spec: ModelSpec) -> str:
         "input [",
         "  {",
         f'    name: "{INPUT_NAME}"',
-        "    data_type: TYPE_FP32",
+        f"    data_type: {'TYPE_UINT8' if spec.parameters.get(INPUT_FORMAT_KEY) == PIXEL_INPUT else 'TYPE_FP32'}",
         f"    dims: [ {dims(spec.input_dims)} ]",
         "  }",
         "]",

@@ -10,8 +10,9 @@ import importlib
 from collections.abc import Callable
 from dataclasses import dataclass
 from pathlib import Path
+from typing import Any
 
-from mgd_rt.artifacts import CHECKPOINT_SUFFIXES, ENGINE_SUFFIXES, GRAPH_SUFFIXES
+from mgd_rt.artifacts import CHECKPOINT_SUFFIXES, ENGINE_SUFFIXES, GRAPH_SUFFIXES, PACKAGE_SUFFIXES
 from mgd_rt.errors import MgdRtError
 from mgd_rt.runtime.backends.base import Backend
 from mgd_rt.runtime.backends.triton_backend import URL_SCHEMES
@@ -27,6 +28,7 @@ class BackendSpec:
     suffixes: tuple[str, ...] = ()  # model files it runs, picked by suffix with --backend auto
     schemes: tuple[str, ...] = ()  # model URLs it runs, picked by scheme
     converts: tuple[str, ...] = ()  # files of other suffixes it opens through a registered converter
+    opens: tuple[str, ...] = ()  # files of other backends' suffixes it runs itself when named with --backend
 
 
 BACKENDS: dict[str, BackendSpec] = {
@@ -43,6 +45,15 @@ BACKENDS: dict[str, BackendSpec] = {
     # precision and device are the server's (--dtype must match what it reports, --device is refused)
     "triton": BackendSpec("triton", "mgd_rt.runtime.backends.triton_backend:TritonBackend",
                           ("fp32", "fp16", "int8"), ("server",), "a Triton model URL", schemes=URL_SCHEMES),
+    # an .onnx graph on the CPU through OpenVINO, only when named (--backend openvino): fp32 or bf16 from
+    # an FP32 graph (bf16 where the CPU has it), an int8 or fp16 graph in its own precision
+    "openvino": BackendSpec("openvino", "mgd_rt.runtime.backends.openvino_backend:OpenVINOBackend",
+                            ("fp32", "bf16", "int8", "fp16"), ("cpu",), "an ONNX graph on OpenVINO",
+                            opens=GRAPH_SUFFIXES),
+    # an AOTInductor .pt2 package (mgd-rt export --aoti): compiled for one device kind, CPU ISA or GPU and
+    # torch build (another is refused); its precision is its own, --dtype must match it
+    "aoti": BackendSpec("aoti", "mgd_rt.runtime.backends.aoti_backend:AOTIBackend", ("fp32", "fp16", "bf16"),
+                        ("cpu", "cuda"), "an AOTInductor package", PACKAGE_SUFFIXES),
 }
 
 # what the CLI offers, in table order: "auto" (by suffix or URL) or a backend; every --dtype some backend takes
@@ -72,7 +83,7 @@ def backend_for(model: str | Path, backend: str = "auto") -> BackendSpec:
     found = [spec for spec in BACKENDS.values() if (scheme in spec.schemes if scheme else suffix in spec.suffixes)]
     if not found:
         kinds = ", ".join(f"{spec.artifact} ({', '.join(spec.suffixes or (f'{s}://' for s in spec.schemes))})"
-                          for spec in BACKENDS.values())
+                          for spec in BACKENDS.values() if spec.suffixes or spec.schemes)
         what = f"URL scheme {scheme!r}" if scheme else f"model file type {suffix!r}"
         raise MgdRtError(f"{model}: unknown {what}; give {kinds}")
     by_suffix = found[0]
@@ -81,6 +92,8 @@ def backend_for(model: str | Path, backend: str = "auto") -> BackendSpec:
     wanted = BACKENDS[backend]
     if suffix and suffix in wanted.converts:
         return wanted  # e.g. an .onnx on TensorRT: built once through the engine cache
+    if suffix and suffix in wanted.opens:
+        return wanted  # e.g. an .onnx on OpenVINO, which reads ONNX itself
     return _refuse(model, by_suffix, backend, scheme is not None)
 
 
@@ -91,15 +104,34 @@ def _refuse(model: str | Path, fits: BackendSpec, asked: str, is_url: bool) -> B
                      f"{asked}; pass --backend auto or {fits.name}")
 
 
+# keyword options only some backends take, which load_backend forwards: option -> the backends that take it
+BACKEND_OPTIONS: dict[str, tuple[str, ...]] = {"compile": ("torch",), "tf32": ("torch",)}
+
+
 def load_backend(
     model: str | Path,
     backend: str = "auto",
     device: str | None = None,
     dtype: str | None = None,
     check_inputs: bool = True,
+    **options: Any,
 ) -> Backend:
-    """Load ``model`` on the backend its suffix (or ``backend``) picks; ``device`` None = best."""
+    """Load ``model`` on the backend its suffix (or ``backend``) picks; ``device`` None = best.
+
+    ``options``: backend-specific keywords (:data:`BACKEND_OPTIONS`, e.g. ``compile="default"`` for
+    torch.compile); None or False is the same as leaving one out, anything else on a backend that does
+    not take it is refused.
+    """
     spec = backend_for(model, backend)
+    options = {k: v for k, v in options.items() if v is not None and v is not False}
+    for option in options:
+        owners = BACKEND_OPTIONS.get(option)
+        if owners is None:
+            raise TypeError(f"load_backend: unknown option {option!r}; known: {', '.join(BACKEND_OPTIONS)}")
+        if spec.name not in owners:
+            takes = " or ".join(f"the {o} backend ({BACKENDS[o].artifact}: {'/'.join(BACKENDS[o].suffixes)})"
+                                for o in owners)
+            raise MgdRtError(f"--{option.replace('_', '-')} applies to {takes}; {model} runs on {spec.name}")
     if dtype is not None and dtype not in spec.dtypes:
         raise MgdRtError(f"--dtype {dtype} is not available on {spec.name}; choose from {', '.join(spec.dtypes)}")
     if device is not None and spec.name == "triton":
@@ -116,8 +148,8 @@ def load_backend(
         model = convert(Path(model), dtype, device)
     module_name, cls_name = spec.module.split(":")
     cls = getattr(importlib.import_module(module_name), cls_name)
-    return cls(model, device=device, dtype=dtype, check_inputs=check_inputs)
+    return cls(model, device=device, dtype=dtype, check_inputs=check_inputs, **options)
 
 
-__all__ = ["BACKENDS", "BACKEND_CHOICES", "CONVERTERS", "DTYPES", "Backend", "BackendSpec", "backend_for",
-           "load_backend", "register_converter"]
+__all__ = ["BACKENDS", "BACKEND_CHOICES", "BACKEND_OPTIONS", "CONVERTERS", "DTYPES", "Backend", "BackendSpec",
+           "backend_for", "load_backend", "register_converter"]

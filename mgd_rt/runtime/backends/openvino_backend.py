@@ -1,0 +1,187 @@
+"""OpenVINO backend: an exported .onnx graph (FP32, FP16 or INT8 Q/DQ) on the CPU, no torch.
+
+Chosen with ``--backend openvino`` (an .onnx picks ONNX Runtime by itself). OpenVINO reads the
+ONNX graph directly and compiles it for this CPU; the compiled model goes to OpenVINO's model
+cache (``CACHE_DIR``), so the compilation happens once per graph and OpenVINO version (the CPU
+plugin caches the graph before the precision is applied: fp32 and bf16 share one file, and a
+bf16 load from it computes in bf16, tested). The cache folder is ``$MGD_RT_OPENVINO_CACHE``, else
+``$XDG_CACHE_HOME/mgd-rt/openvino`` (``~/.cache/mgd-rt/openvino``).
+
+Precision is always set explicitly, never left to OpenVINO's default (which is bf16 on CPUs
+with AVX-512 BF16 or AMX: a silent non-FP32 run):
+
+- an FP32 graph runs in f32 (``--dtype fp32`` or none) or bf16 (``--dtype bf16``, where the
+  CPU's ``OPTIMIZATION_CAPABILITIES`` list BF16; refused elsewhere);
+- an INT8 Q/DQ graph runs its quantized layers in int8 and the layers it keeps in float in
+  f32; an FP16 graph's weights are fp16 and are computed in f32 (x86 CPUs without AVX-512 FP16
+  or AMX-FP16 have no fp16 arithmetic). ``--dtype`` must match such a graph's own precision.
+
+The precision OpenVINO reports for the compiled model is checked against the one asked for.
+"""
+
+from __future__ import annotations
+
+import logging
+import os
+import time
+from pathlib import Path
+from typing import TYPE_CHECKING, Any
+
+import numpy as np
+
+from mgd_rt.contract import INPUT_NAME, OUTPUT_NAME
+from mgd_rt.errors import MgdRtError, first_line
+from mgd_rt.runtime.backends.base import Backend
+
+if TYPE_CHECKING:
+    import openvino
+
+log = logging.getLogger("mgd_rt")
+
+CACHE_ENV = "MGD_RT_OPENVINO_CACHE"
+# --dtype -> OpenVINO's inference precision for an FP32 graph
+_FLOAT_PRECISIONS = {"fp32": "f32", "bf16": "bf16"}
+
+
+def cache_dir(path: str | Path | None = None) -> Path:
+    """OpenVINO's model cache: ``path``, else $MGD_RT_OPENVINO_CACHE, else $XDG_CACHE_HOME/mgd-rt/openvino."""
+    if path is None:
+        path = os.environ.get(CACHE_ENV) or Path(os.environ.get("XDG_CACHE_HOME", Path.home() / ".cache")) \
+            / "mgd-rt" / "openvino"
+    path = Path(path)
+    try:
+        path.mkdir(parents=True, exist_ok=True)
+    except OSError as exc:
+        raise MgdRtError(f"OpenVINO model cache {path}: cannot create it ({exc.strerror}); set {CACHE_ENV}") \
+            from None
+    return path
+
+
+def cpu_capabilities(core: openvino.Core) -> tuple[str, list[str]]:
+    """(the CPU's name, its ``OPTIMIZATION_CAPABILITIES``: e.g. FP32, BF16, INT8) as OpenVINO reports them."""
+    return str(core.get_property("CPU", "FULL_DEVICE_NAME")), [str(c) for c in
+                                                              core.get_property("CPU", "OPTIMIZATION_CAPABILITIES")]
+
+
+def _port_name(port: Any, contract_name: str) -> str:
+    """The contract's name if ``port`` carries it among its tensor names, else any of them."""
+    names = port.get_names()
+    return contract_name if contract_name in names else port.get_any_name()
+
+
+class OpenVINOBackend(Backend):
+    """``model``: path of a graph with input ``image`` (B, 3, S, S) float32 (or (B, S, S, 3) uint8 pixels,
+    see :mod:`mgd_rt.contract`) and output ``mask_logits`` (B, 1, S, S) float32, compiled for the CPU.
+
+    ``threads``: OpenVINO's inference threads (None: every CPU, as the onnxruntime backend uses).
+    ``cache``: the model cache folder (None: :func:`cache_dir`'s default).
+    """
+
+    name = "openvino"
+    kind = "graph"
+
+    def __init__(
+        self,
+        model: str | Path,
+        device: str | None = None,
+        dtype: str | None = None,
+        check_inputs: bool = True,
+        threads: int | None = None,
+        cache: str | Path | None = None,
+    ) -> None:
+        try:
+            import openvino as ov
+        except ImportError:
+            raise MgdRtError("the openvino backend needs OpenVINO: pip install 'mgd-rt[openvino]' "
+                             "(or pip install openvino)") from None
+
+        super().__init__(check_inputs)
+        if device is not None and device != "cpu":
+            raise MgdRtError(f"--device {device}: the openvino backend runs on the CPU; use --device cpu")
+        path = self.model_file(model, "ONNX")
+        core = ov.Core()
+        try:
+            graph = core.read_model(str(path))
+        except Exception as exc:  # OpenVINO raises its own exception types for bad files
+            raise MgdRtError(f"{path}: OpenVINO cannot read this graph ({first_line(exc)})") from None
+
+        inputs = {_port_name(p, INPUT_NAME): p for p in graph.inputs}
+        outputs = {_port_name(p, OUTPUT_NAME): p for p in graph.outputs}
+        self.check_io(inputs, outputs, str(path))
+        # the ONNX graph's metadata props: OpenVINO's ONNX reader keeps them under rt_info "framework"
+        framework = graph.get_rt_info()["framework"] if graph.has_rt_info(["framework"]) else {}
+        meta = {str(k): v.astype(str) for k, v in framework.items()}
+        self.apply_metadata(meta)  # also the input format: float32 (B, 3, S, S) or uint8 pixels (B, S, S, 3)
+        self.check_io_types(str(path), {INPUT_NAME: inputs[INPUT_NAME].get_element_type(),
+                                        OUTPUT_NAME: outputs[OUTPUT_NAME].get_element_type()}, ov.Type.f32, ov.Type.u8)
+        shape = list(inputs[INPUT_NAME].get_partial_shape())  # B dynamic or fixed
+        sides = shape[1:3] if self.takes_pixels else shape[2:]
+        static = [d.get_length() for d in sides if d.is_static]
+        size = meta.get("image_size") or (static[-1] if static else None)
+        if size is None:
+            raise MgdRtError(f"{path}: neither an image_size metadata prop nor a static input size")
+        # a graph whose metadata disagrees with its own input would fail on every image; refuse it here
+        if not str(size).isdigit() or any(d != int(size) for d in static):
+            raise MgdRtError(f"{path}: its image_size metadata ({size}) does not match its input "
+                             f"{INPUT_NAME!r} of shape {inputs[INPUT_NAME].get_partial_shape()}; re-export the graph")
+        self.image_size = int(size)
+        self.fixed_batch = shape[0].get_length() if shape[0].is_static else None
+
+        cpu, capabilities = cpu_capabilities(core)
+        graph_precision = meta.get("precision", "fp32")
+        if graph_precision == "fp32" and dtype in (None, *_FLOAT_PRECISIONS):
+            self.precision = dtype or "fp32"
+            if self.precision == "bf16" and "BF16" not in capabilities:
+                raise MgdRtError(f"--dtype bf16: this CPU ({cpu}) has no bfloat16 arithmetic for OpenVINO (it "
+                                 f"needs AVX-512 BF16 or AMX; OpenVINO lists {', '.join(capabilities)}); "
+                                 "leave --dtype out for fp32")
+        else:
+            self.precision = graph_precision
+            remedy = {"bf16": "pass the FP32 graph for --dtype bf16",
+                      "int8": "make an INT8 graph with mgd-rt calibrate and pass that file"}.get(
+                dtype, f"export a {dtype} graph and pass that file")
+            self.check_dtype(dtype, path.name, remedy)
+        # int8 and fp16 graphs: what is not integer (int8) or stored fp16 is computed in f32
+        self.compute = _FLOAT_PRECISIONS.get(self.precision, "f32")
+
+        self.threads = threads or os.cpu_count() or 1
+        self.cache = cache_dir(cache)
+        config = {
+            "CACHE_DIR": str(self.cache),
+            "INFERENCE_PRECISION_HINT": self.compute,
+            "INFERENCE_NUM_THREADS": self.threads,
+            "PERFORMANCE_HINT": "LATENCY",  # one request at a time: all threads on each call
+        }
+        t0 = time.perf_counter()
+        try:
+            self.compiled = core.compile_model(graph, "CPU", config)
+        except Exception as exc:
+            raise MgdRtError(f"{path}: OpenVINO cannot compile this graph for the CPU ({first_line(exc)})") \
+                from None
+        self.from_cache = bool(self.compiled.get_property("LOADED_FROM_CACHE"))
+        # what OpenVINO compiled for (an element type: f32, bf16): never another precision than asked, quietly
+        used = self.compiled.get_property("INFERENCE_PRECISION_HINT").get_type_name()
+        if used != self.compute:
+            raise MgdRtError(f"{path}: OpenVINO compiled it for {used}, not the {self.compute} asked for; "
+                             "this OpenVINO build does not honour INFERENCE_PRECISION_HINT here")
+        log.info("openvino: %s %s in %.2f s (cache %s)", "loaded" if self.from_cache else "compiled", path.name,
+                 time.perf_counter() - t0, self.cache)
+        self.device = f"CPU ({cpu})"
+        self.version = ov.get_version()
+        self.request = self.compiled.create_infer_request()
+
+    def run_exact(self, batch: np.ndarray) -> np.ndarray:
+        # share_inputs: the request reads the caller's contiguous array (float32, or uint8 pixels) without a copy
+        self.request.infer({INPUT_NAME: batch}, share_inputs=True)
+        # the request reuses its output buffer on the next call: copy it out
+        return np.array(self.request.get_tensor(OUTPUT_NAME).data, dtype=np.float32, copy=True)
+
+    def describe(self) -> str:
+        compute = f" (fp16 weights, computed in {self.compute})" if self.precision == "fp16" else ""
+        source = "from the model cache" if self.from_cache else "compiled"
+        return (f"{self.name} on {self.device}, {self.precision}{compute}; OpenVINO {self.version.split('-')[0]}, "
+                f"{self.threads} threads, {source}")
+
+    def close(self) -> None:
+        self.request = None  # type: ignore[assignment]
+        self.compiled = None  # type: ignore[assignment]
