@@ -4,8 +4,12 @@
 Rows (each through the runtime's backends, via :func:`mgd_rt.bench.bench`):
   PyTorch FP32 eager (the baseline the authors' code gives), PyTorch bf16 autocast (CPU) or
   fp16 + bf16 autocast (CUDA), ONNX Runtime FP32, ONNX Runtime FP16 graph where ONNX Runtime
-  has a GPU provider, ONNX Runtime INT8 (graph from mgd_rt.calibration), TensorRT FP16/INT8
-  where a TensorRT backend and GPU exist. Whatever cannot run is listed with the reason.
+  has a GPU provider, ONNX Runtime INT8 (graph from mgd_rt.calibration), OpenVINO on the CPU (the
+  FP32 graph in fp32 and, where the CPU has it, bf16; the INT8 graph), TensorRT FP16/INT8
+  where a TensorRT backend and GPU exist, AOTInductor .pt2 packages (mgd-rt export --aoti: FP32, and
+  FP16 on CUDA; compile time recorded apart). Beside each PyTorch eager row, the same precision through
+  torch.compile (inductor, default mode; on CUDA also reduce-overhead: CUDA graphs), its compile time
+  reported apart from the steady latency. Whatever cannot run is listed with the reason.
 
 Writes benchmarks/results/<machine>.json (raw timings, environment, load average), .png and
 .md (the summary table for the README). Run from a checkout, installed or not:
@@ -29,7 +33,7 @@ from pathlib import Path
 HERE = Path(__file__).resolve().parent
 sys.path.insert(0, str(HERE.parent))  # the repository, so an uninstalled checkout runs too
 
-from mgd_rt.bench import bench  # noqa: E402
+from mgd_rt.bench import Run, bench  # noqa: E402
 from mgd_rt.errors import MgdRtError  # noqa: E402
 from mgd_rt.machine import cpu_info, default_device, load_average  # noqa: E402
 from mgd_rt.runtime.backends import BACKENDS  # noqa: E402
@@ -52,24 +56,34 @@ def _ort_gpu() -> tuple[bool, str]:
     return gpu, f"onnxruntime {ort.__version__} has providers {', '.join(providers)}"
 
 
-def _export(args: argparse.Namespace, workdir: Path, fp16: bool, unavailable: list[dict]) -> Path | None:
-    """The FP32 master graph (and FP16 beside it), exported once into ``workdir`` and reused."""
+def _export(args: argparse.Namespace, workdir: Path, fp16: bool, unavailable: list[dict],
+            cpu_graph: bool = False) -> Path | None:
+    """The FP32 master graph (and FP16 beside it), exported once into ``workdir`` and reused.
+
+    ``cpu_graph``: the CPU graph (export --opset 23, attention as ONNX Attention nodes) in
+    ``<name>.opset23.onnx``, so each row's label names the graph it ran; else export's default opset (the
+    graph TensorRT builds)."""
     try:
         from mgd_rt.artifacts import fp16_path
         from mgd_rt.export import export_onnx
+        from mgd_rt.export.torch_export import CPU_OPSET
     except ImportError as exc:
         unavailable.append({"name": "onnxruntime (all)", "reason": f"export needs the export extra ({exc})"})
         return None
     tag = "trained" if args.checkpoint else "untrained"
-    path = workdir / f"mgd_sam2_{_slug(args.variant)}_{args.image_size}_{tag}.onnx"
+    opset = CPU_OPSET if cpu_graph else None
+    suffix = f".opset{opset}" if opset else ""
+    path = workdir / f"mgd_sam2_{_slug(args.variant)}_{args.image_size}_{tag}{suffix}.onnx"
     if path.is_file() and (not fp16 or fp16_path(path).is_file()):
         log.info("reusing %s", path)
         return path
     t0 = time.perf_counter()
     try:
-        export_onnx(args.checkpoint, args.variant, args.image_size, output=path, fp16=fp16, verify_graph=False)
+        export_onnx(args.checkpoint, args.variant, args.image_size, output=path, fp16=fp16, verify_graph=False,
+                    opset=opset)
     except Exception as exc:  # recorded: the PyTorch rows still run
-        unavailable.append({"name": "onnxruntime (all)", "reason": f"export failed: {type(exc).__name__}: {exc}"})
+        unavailable.append({"name": f"onnxruntime (all{', opset ' + str(opset) if opset else ''})",
+                            "reason": f"export failed: {type(exc).__name__}: {exc}"})
         return None
     log.info("exported %s in %.0f s", path, time.perf_counter() - t0)
     return path
@@ -81,8 +95,9 @@ def _call(fn, *args, **kwargs):
     return fn(*args, **{k: v for k, v in kwargs.items() if k in params})
 
 
-def _int8(fp32: Path, args: argparse.Namespace, unavailable: list[dict]) -> Path | None:
-    """The INT8 Q/DQ graph from mgd_rt.calibration.calibrate (another stage): given, cached, or made on request."""
+def _int8(fp32: Path, args: argparse.Namespace, unavailable: list[dict], target: str | None = None) -> Path | None:
+    """The INT8 Q/DQ graph from mgd_rt.calibration.calibrate (another stage): given, cached, or made on request
+    (``target``: calibrate's placement, None for its default)."""
     name = "onnxruntime int8"
     out = Path(args.int8) if args.int8 else fp32.with_name(fp32.stem + ".int8.onnx")
     if out.is_file():
@@ -104,12 +119,89 @@ def _int8(fp32: Path, args: argparse.Namespace, unavailable: list[dict]) -> Path
         return None
     t0 = time.perf_counter()
     try:  # scikit-image's calibration photos (mgd_rt.calibration's default set, none of them held out)
-        path = Path(_call(calibrate, fp32, num_images=args.calibration_photos, output=out))
+        path = Path(_call(calibrate, fp32, num_images=args.calibration_photos, output=out,
+                          **({"target": target} if target else {})))
     except Exception as exc:  # recorded: the other rows still run
         unavailable.append({"name": name, "reason": f"calibrate failed: {type(exc).__name__}: {exc}"})
         return None
     log.info("calibrated %s in %.0f s", path, time.perf_counter() - t0)
     return path
+
+
+def _openvino(graphs: dict[str, Path], device: str, unavailable: list[dict]) -> list[Run]:
+    """OpenVINO rows on the CPU: the FP32 graph in fp32 and bf16 (where OpenVINO lists BF16 for this CPU:
+    AVX-512 BF16 or AMX), and the INT8 Q/DQ graph, each where the backend, the CPU run and the graph exist."""
+    names = {"fp32": "openvino fp32", "bf16": "openvino bf16", "int8": "openvino int8"}
+    common = None
+    if "openvino" not in BACKENDS:
+        common = "no openvino backend in mgd_rt.runtime.backends.BACKENDS (rows: " + ", ".join(BACKENDS) + ")"
+    elif device.startswith("cuda"):
+        common = "OpenVINO runs on the CPU; this run is on CUDA (run the matrix with --device cpu for its rows)"
+    elif importlib.util.find_spec("openvino") is None:
+        common = "openvino is not installed (pip install -e '.[openvino]')"
+    if common is not None:
+        unavailable.extend({"name": name, "reason": common} for name in names.values())
+        return []
+    import openvino as ov
+
+    from mgd_rt.runtime.backends.openvino_backend import cpu_capabilities
+
+    cpu, capabilities = cpu_capabilities(ov.Core())
+    rows: list[Run] = []
+    fp32, int8 = graphs.get("fp32"), graphs.get("int8")
+    for precision in ("fp32", "bf16"):
+        if fp32 is None:
+            unavailable.append({"name": names[precision], "reason": "no FP32 ONNX graph (see above)"})
+        elif precision == "bf16" and "BF16" not in capabilities:
+            unavailable.append({"name": names[precision], "reason": f"this CPU ({cpu}) has no bf16 arithmetic for "
+                                f"OpenVINO (needs AVX-512 BF16 or AMX; it lists {', '.join(capabilities)})"})
+        else:
+            rows.append(Run(str(fp32), "openvino", precision, fp32.name))
+    if int8 is None:
+        unavailable.append({"name": names["int8"], "reason": "no INT8 Q/DQ graph (see onnxruntime int8)"})
+    else:
+        rows.append(Run(str(int8), "openvino", None, int8.name))  # the graph's own precision
+    return rows
+
+
+def _aoti(args: argparse.Namespace, device: str, workdir: Path, unavailable: list[dict],
+          compile_s: dict[str, float]) -> list[Path]:
+    """AOTInductor .pt2 packages (mgd_rt.export.aoti): FP32, and FP16 on CUDA, compiled once into ``workdir``
+    for this device kind and torch, reused while the torch version they were compiled by is this one;
+    each compile's seconds go into ``compile_s`` (not into the latency)."""
+    precisions = ("fp32", "fp16") if device.startswith("cuda") else ("fp32",)
+    if not args.aoti:
+        unavailable.extend({"name": f"aoti {p}", "reason": "--no-aoti"} for p in precisions)
+        return []
+    try:
+        import torch
+
+        from mgd_rt.export.aoti import export_aoti
+        from mgd_rt.runtime.backends.aoti_backend import read_package_metadata
+    except ImportError as exc:
+        unavailable.extend({"name": f"aoti {p}", "reason": f"export needs the export extra ({exc})"}
+                           for p in precisions)
+        return []
+    tag = "trained" if args.checkpoint else "untrained"
+    kind = device.split(":")[0]
+    packages: list[Path] = []
+    for precision in precisions:
+        path = workdir / f"mgd_sam2_{_slug(args.variant)}_{args.image_size}_{tag}.{precision}.{kind}.pt2"
+        if path.is_file() and read_package_metadata(path).get("torch_version") == torch.__version__:
+            log.info("reusing %s", path)
+            packages.append(path)
+            continue
+        t0 = time.perf_counter()
+        try:
+            export_aoti(args.checkpoint, args.variant, args.image_size, output=path, device=device,
+                        dtype=precision, verify_package=False)
+        except Exception as exc:  # recorded: the other rows still run
+            unavailable.append({"name": f"aoti {precision}", "reason": f"export failed: {type(exc).__name__}: {exc}"})
+            continue
+        compile_s[path.name] = round(time.perf_counter() - t0, 1)
+        log.info("compiled %s in %.0f s", path, compile_s[path.name])
+        packages.append(path)
+    return packages
 
 
 def _tensorrt(graphs: dict[str, Path], device: str, workdir: Path, unavailable: list[dict]) -> list[Path]:
@@ -162,9 +254,15 @@ def main(argv: list[str] | None = None) -> int:
                         help="do not make a missing INT8 graph with mgd_rt.calibration (B+ at 1024: ~3 min on 2 cores)")
     parser.add_argument("--int8", default=None, metavar="ONNX",
                         help="INT8 Q/DQ graph to use (default: <workdir>/<fp32 name>.int8.onnx when it exists)")
+    parser.add_argument("--no-aoti", dest="aoti", action="store_false",
+                        help="leave out the AOTInductor .pt2 rows (B+ at 1024: ~4.5 min to export and compile on 2 "
+                        "CPU cores)")
     parser.add_argument("--workdir", default=str(HERE / "work"), help="exported graphs (reused; never committed)")
     parser.add_argument("--results", default=str(HERE / "results"))
     parser.add_argument("--name", default=None, help="result file name (default: from the CPU or GPU model)")
+    parser.add_argument("--compile", default=None, metavar="MODE[,MODE]",
+                        help="PyTorch runs: eager and torch.compile modes, comma-separated (default: eager,default on "
+                        "the CPU, eager,default,reduce-overhead on CUDA; eager alone leaves the compiled rows out)")
     args = parser.parse_args(argv)
     # our progress at INFO; the exporter's libraries stay at WARNING (their INFO is pages of noise)
     logging.basicConfig(level=logging.WARNING, format="run_matrix: %(message)s", stream=sys.stderr)
@@ -179,8 +277,11 @@ def main(argv: list[str] | None = None) -> int:
     workdir = Path(args.workdir)
     workdir.mkdir(parents=True, exist_ok=True)
     base = args.checkpoint or args.variant  # a variant name = seeded UNTRAINED weights
-    models: list[str | Path] = [base]
+    models: list[str | Path | Run] = [base]
     dtypes = ["fp32", "fp16", "bf16"] if cuda else ["fp32", "bf16"]
+    # each PyTorch precision eager and compiled (compile time in the JSON and the .md, apart from the latency)
+    compile_modes = [m.strip() for m in (args.compile or ("eager,default,reduce-overhead" if cuda else
+                                                          "eager,default")).split(",") if m.strip()]
     unavailable: list[dict] = []
     if not cuda:
         unavailable.append({"name": "torch fp16", "reason": "CPU: bf16 autocast instead (the torch backend refuses "
@@ -196,7 +297,11 @@ def main(argv: list[str] | None = None) -> int:
     trt_wanted = cuda and "tensorrt" in BACKENDS and importlib.util.find_spec("tensorrt") is not None
     if run_ort or trt_wanted:  # TensorRT builds from the same graphs
         want_fp16 = cuda or args.ort_fp16
-        fp32 = _export(args, workdir, want_fp16, unavailable)
+        # a CPU run's rows (ONNX Runtime FP32 and INT8, OpenVINO) run the CPU graph (opset 23, attention as
+        # ONNX Attention nodes), measured faster on B+ (README "ONNX export"), its INT8 graph calibrated with
+        # --target cpu (the default TensorRT placement of an opset-23 graph does not load in ONNX Runtime 1.32);
+        # TensorRT and GPU runs keep the opset-20 graph TensorRT builds
+        fp32 = _export(args, workdir, want_fp16, unavailable, cpu_graph=not cuda)
         if fp32 is not None:
             graphs["fp32"] = fp32
             if want_fp16:
@@ -206,12 +311,15 @@ def main(argv: list[str] | None = None) -> int:
             elif run_ort:
                 unavailable.append({"name": "onnxruntime fp16", "reason": "not meaningful on ONNX Runtime's CPU "
                                     f"provider ({ort_why}): FP16 runs through casts there; --ort-fp16 runs it"})
-            int8 = _int8(fp32, args, unavailable)
+            int8 = _int8(fp32, args, unavailable, target=None if cuda else "cpu")
             if int8 is not None:
                 graphs["int8"] = int8
     if run_ort:
         models.extend(graphs.values())
+    models.extend(_openvino(graphs, device, unavailable))
     models.extend(_tensorrt(graphs, device, workdir, unavailable))
+    aoti_compile_s: dict[str, float] = {}  # export + compile seconds of each package made in this run
+    models.extend(_aoti(args, device, workdir, unavailable, aoti_compile_s))
 
     info = cpu_info()
     name = args.name
@@ -227,12 +335,13 @@ def main(argv: list[str] | None = None) -> int:
 
     def progress(r: object) -> None:
         lat = getattr(r, "latency_ms", {}) or {}
-        log.info("%s %s %s B=%s: %s", r.label, r.backend, r.precision, r.batch,  # type: ignore[attr-defined]
+        log.info("%s %s %s B=%s: %s", r.label, r.runs_on, r.precision, r.batch,  # type: ignore[attr-defined]
                  f"mean {lat['mean']:.1f} ms" if lat else r.error)  # type: ignore[attr-defined]
 
     try:
         report = bench(models, batches=batches, warmup=warmup, iters=iters, device=device, dtypes=dtypes,
-                       reference=base, output=json_path, image_size=args.image_size, unavailable=unavailable,
+                       compile=compile_modes, reference=base, output=json_path, image_size=args.image_size,
+                       unavailable=unavailable,
                        photos=max(batches), on_result=progress)
     except MgdRtError as exc:
         print(f"run_matrix: error: {exc}", file=sys.stderr)
@@ -242,7 +351,8 @@ def main(argv: list[str] | None = None) -> int:
     data["matrix"] = {"script": "benchmarks/run_matrix.py", "argv": sys.argv[1:] if argv is None else argv,
                       "variant": args.variant, "image_size": args.image_size,
                       "weights": args.checkpoint or "seeded UNTRAINED (load_model without a checkpoint)",
-                      "wall_s": time.perf_counter() - start,
+                      "wall_s": time.perf_counter() - start, "aoti_compile_s": aoti_compile_s,
+                      "graphs": {role: path.name for role, path in graphs.items()},
                       "load_average_end": load_average()}
     json_path.write_text(json.dumps(data, indent=1) + "\n")
     md = summary_markdown(data)
@@ -262,6 +372,11 @@ def _verdict(acc: dict) -> str:
         "; ".join(acc.get("failures", [])) + ")"
 
 
+def _runs_on(r: dict) -> str:
+    """A result's backend, with the torch.compile mode of a compiled PyTorch row (torch+default)."""
+    return f"{r['backend']}+{r['compile']}" if r.get("compile") else r["backend"]
+
+
 def summary_markdown(data: dict) -> str:
     """The README summary: each speed as a ratio to PyTorch FP32 measured in the same run."""
     env = data["environment"]
@@ -275,7 +390,7 @@ def summary_markdown(data: dict) -> str:
              "|---|---|---|---|---|---|---|---|---|---|---|---|---|\n"]
     for r in data["results"]:
         if r["status"] != "ok":
-            lines.append(f"| {r['label']} | {r['backend']} | {r['precision']} | {r['batch']} | "
+            lines.append(f"| {r['label']} | {_runs_on(r)} | {r['precision']} | {r['batch']} | "
                          f"not run: {r['error']} |||||||||\n")
             continue
         acc = r.get("accuracy") or {}
@@ -284,11 +399,20 @@ def summary_markdown(data: dict) -> str:
             return format(v, spec) if v is not None else "-"
 
         lines.append(
-            f"| {r['label']} | {r['backend']} | {r['precision']} | {r['batch']} | {r['latency_ms']['p50']:.1f} | "
+            f"| {r['label']} | {_runs_on(r)} | {r['precision']} | {r['batch']} | {r['latency_ms']['p50']:.1f} | "
             f"{r['latency_ms']['mean']:.1f} | {r['images_per_s']:.3f} | {f(r['vs_torch_fp32'], '.2f')} | "
             f"{f(None if r['peak_fraction'] is None else 100 * r['peak_fraction'], '.2f')} | "
             f"{f(acc.get('max_rel_std'), '.1e')} | {f(acc.get('sigmoid_mae'), '.1e')} | "
             f"{f(acc.get('iou_top10'), '.4f')} | {_verdict(acc)} |\n")
+    compiled = [r for r in data["results"] if r["status"] == "ok" and r.get("compile_s") is not None]
+    if compiled:
+        lines.append("\nCompile time (the first call at the shape, not in the latencies): " + "; ".join(
+            f"{_runs_on(r)} {r['precision']} B={r['batch']} {r['compile_s']:.0f} s (inductor cache: "
+            f"{r['compile_cache']})" for r in compiled) + "\n")
+    graphs = data.get("matrix", {}).get("graphs")
+    if graphs:
+        lines.append("\nONNX graphs (each row's label names its file): " + "; ".join(
+            f"{role}: {name}" for role, name in graphs.items()) + "\n")
     for u in data.get("unavailable", []):
         lines.append(f"\nNot run: {u['name']}: {u['reason']}")
     flops = {k: v.get("gflops_per_image") for k, v in data.get("flops", {}).items()}

@@ -59,13 +59,24 @@ class BuildResult:
         ]
 
 
-def _serialize(plan: BuildPlan, parsed: ParsedNetwork, setup: BuilderSetup):
-    """The library's build (the long step): the serialized engine, or MgdRtError with its last errors."""
+def _serialize(plan: BuildPlan, parsed: ParsedNetwork, setup: BuilderSetup, attention_nodes: int = 0):
+    """The library's build (the long step): the serialized engine, or MgdRtError with its last errors.
+
+    ``attention_nodes``: the graph's ONNX Attention nodes (an ``--opset 23`` CPU graph); a failed build
+    of such a graph says so and how to get a graph TensorRT builds.
+    """
     log.info("building %s engine with %s, batch %d:%d:%d, S=%d, for %s...", plan.precision, plan.lib.describe(),
              *plan.profile, plan.graph.image_size, plan.target_text())
     engine = parsed.builder.build_serialized_network(parsed.network, setup.config)
     if engine is None:
-        raise MgdRtError(f"{plan.onnx_path}: {plan.lib.describe()} could not build the engine: "
+        # TensorRT-RTX 1.7 built ONNX Attention in FP16, but in FP32 (also the FP32 part of a Q/DQ graph)
+        # only for a fixed batch; with a batch range Myelin stops with "Attention operation was not
+        # supported by a dedicated kernel", which names neither the graph's opset nor the way out
+        attention = (f" (the graph has {attention_nodes} ONNX Attention nodes: an --opset 23 export, the CPU "
+                     "graph, which TensorRT builds only in some precisions and batch profiles; TensorRT-RTX 1.7: "
+                     "FP16, or a fixed --batch N:N:N; export with --opset 20 for TensorRT)"
+                     if attention_nodes else "")
+        raise MgdRtError(f"{plan.onnx_path}: {plan.lib.describe()} could not build the engine{attention}: "
                          f"{'; '.join(parsed.logger.errors[-3:]) or 'no reason given'}")
     return engine
 
@@ -104,6 +115,7 @@ def build_engine(
     t_start = time.perf_counter()
     seconds: dict[str, float] = {}
     graph, proto = read_graph(onnx_path)
+    attention_nodes = sum(node.op_type == "Attention" for node in proto.graph.node)  # for _serialize's error
     plan = plan_build(
         graph, import_library(library), precision=precision, output=output, batch=batch,
         calib_images=calib_images, workspace=workspace, timing_cache=timing_cache, opt_level=opt_level,
@@ -120,7 +132,7 @@ def build_engine(
         seconds["parse"] = time.perf_counter() - t0
         setup = configure_builder(plan, parsed)
         t0 = time.perf_counter()
-        engine = _serialize(plan, parsed, setup)
+        engine = _serialize(plan, parsed, setup, attention_nodes)
         seconds["build"] = time.perf_counter() - t0
 
         sidecar = build_sidecar(plan, parsed.network, engine.nbytes, prepared.derived,
