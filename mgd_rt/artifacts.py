@@ -115,6 +115,23 @@ def sidecar_path(engine: str | Path) -> Path:
 # ---- hashing and writing -------------------------------------------------------------------------
 
 
+def user_cache(name: str) -> Path:
+    """``$XDG_CACHE_HOME/mgd-rt/<name>`` (``~/.cache/mgd-rt/<name>``): where mgd-rt keeps what it can
+    rebuild (engines, compiled models, calibration data); not created here."""
+    return Path(os.environ.get("XDG_CACHE_HOME") or Path.home() / ".cache") / "mgd-rt" / name
+
+
+def cache_folder(path: str | Path | None, env: str, name: str, what: str) -> Path:
+    """A cache folder, created: ``path``, else ``$env``, else :func:`user_cache` (``name``); an MgdRtError
+    naming ``what`` (e.g. "engine cache") and ``env`` when it cannot be created."""
+    folder = Path(path or os.environ.get(env) or user_cache(name))
+    try:
+        folder.mkdir(parents=True, exist_ok=True)
+    except OSError as exc:
+        raise MgdRtError(f"{what} {folder}: cannot create it ({exc.strerror}); set {env}") from None
+    return folder
+
+
 def file_sha256(path: str | Path, chunk: int = 1 << 20) -> str:
     """sha256 hex of a file, read in 1 MiB chunks (B+ graphs are hundreds of MB)."""
     digest = hashlib.sha256()
@@ -231,7 +248,8 @@ def read_sidecar(engine: str | Path) -> dict[str, Any]:
 __all__ = [
     "CHECKPOINT_SUFFIXES", "CODE_SIZE_KEY", "ENGINE_SUFFIXES", "GRAPH_SUFFIXES", "METADATA_KEYS",
     "PACKAGE_METADATA_KEYS", "PACKAGE_PRECISIONS", "PACKAGE_SUFFIXES", "PRECISIONS",
-    "SIDECAR_FORMAT", "SIDECAR_KEYS", "SIDECAR_VERSION", "UNTRAINED", "atomic_write", "check_output_path",
-    "engine_path", "file_sha256", "format_floats", "fp16_path", "int8_path", "metadata_floats", "read_sidecar",
-    "sidecar_path", "sized_path", "unsized_name", "write_atomic", "write_engine", "write_json_atomic",
+    "SIDECAR_FORMAT", "SIDECAR_KEYS", "SIDECAR_VERSION", "UNTRAINED", "atomic_write", "cache_folder",
+    "check_output_path", "engine_path", "file_sha256", "format_floats", "fp16_path", "int8_path", "metadata_floats",
+    "read_sidecar", "sidecar_path", "sized_path", "unsized_name", "user_cache", "write_atomic", "write_engine",
+    "write_json_atomic",
 ]

@@ -63,3 +63,12 @@ def toy_onnx(tmp_path_factory: pytest.TempPathFactory) -> Path:
     from runtime_helpers import make_toy_onnx
 
     return make_toy_onnx(tmp_path_factory.mktemp("toy") / "toy.onnx")
+
+
+@pytest.fixture(scope="module")
+def cache_env(tmp_path_factory: pytest.TempPathFactory):
+    """$MGD_RT_CACHE in a fresh folder for one test module: calibration caches start empty."""
+    mp = pytest.MonkeyPatch()
+    mp.setenv("MGD_RT_CACHE", str(tmp_path_factory.mktemp("cache")))
+    yield
+    mp.undo()

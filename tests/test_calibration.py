@@ -36,14 +36,6 @@ PHOTOS = {"astronaut.jpg": "astronaut", "coffee.png": "coffee", "sub/rocket.webp
 
 
 @pytest.fixture(scope="module")
-def cache_env(tmp_path_factory):
-    mp = pytest.MonkeyPatch()
-    mp.setenv("MGD_RT_CACHE", str(tmp_path_factory.mktemp("cache")))
-    yield
-    mp.undo()
-
-
-@pytest.fixture(scope="module")
 def photos(tmp_path_factory) -> Path:
     from PIL import Image
     from skimage import data

@@ -52,14 +52,6 @@ def _cli(argv: list[str]) -> tuple[int, str]:
 
 
 @pytest.fixture(scope="module")
-def cache_env(tmp_path_factory):
-    mp = pytest.MonkeyPatch()
-    mp.setenv("MGD_RT_CACHE", str(tmp_path_factory.mktemp("cache")))
-    yield
-    mp.undo()
-
-
-@pytest.fixture(scope="module")
 def fp32_graph(tiny_onnx_copy, tmp_path_factory) -> Callable[[str | int], Path]:
     """``get(weights)``: the FP32 tiny graph (S=512) of "fixture" or of load_model's seed ``weights``,
     exported once per module; each call returns a fresh copy in a folder of its own."""

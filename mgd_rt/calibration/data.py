@@ -17,7 +17,7 @@ from pathlib import Path
 
 import numpy as np
 
-from mgd_rt.artifacts import atomic_write, file_sha256
+from mgd_rt.artifacts import atomic_write, file_sha256, user_cache
 from mgd_rt.errors import MgdRtError
 from mgd_rt.runtime.image_io import IMAGE_SUFFIXES, read_image
 from mgd_rt.runtime.processing import preprocess
@@ -41,9 +41,9 @@ class ImageSet:
 
 
 def cache_dir() -> Path:
-    """$MGD_RT_CACHE/calibration, else ~/.cache/mgd-rt/calibration."""
-    root = os.environ.get("MGD_RT_CACHE") or Path.home() / ".cache" / "mgd-rt"
-    return Path(root) / "calibration"
+    """$MGD_RT_CACHE/calibration, else $XDG_CACHE_HOME/mgd-rt/calibration (not created here)."""
+    root = os.environ.get("MGD_RT_CACHE")
+    return Path(root) / "calibration" if root else user_cache("calibration")
 
 
 def list_images(images: str | Path | list[str | Path]) -> list[Path]:

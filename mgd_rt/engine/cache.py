@@ -9,11 +9,10 @@ rebuilds (and logs which fields changed); a stale engine is never loaded.
 from __future__ import annotations
 
 import logging
-import os
 from pathlib import Path
 from typing import Any
 
-from mgd_rt.artifacts import read_sidecar, sidecar_path
+from mgd_rt.artifacts import cache_folder, read_sidecar, sidecar_path
 from mgd_rt.engine.builder import build_engine
 from mgd_rt.engine.plan import resolve_profile
 from mgd_rt.engine.source import read_graph
@@ -28,17 +27,8 @@ CACHE_ENV = "MGD_RT_ENGINE_CACHE"
 
 
 def cache_dir(path: str | Path | None = None) -> Path:
-    """The cache folder: ``path``, else $MGD_RT_ENGINE_CACHE, else $XDG_CACHE_HOME/mgd-rt/engines."""
-    if path is None:
-        path = os.environ.get(CACHE_ENV) or Path(os.environ.get("XDG_CACHE_HOME", Path.home() / ".cache")) \
-            / "mgd-rt" / "engines"
-    path = Path(path)
-    try:
-        path.mkdir(parents=True, exist_ok=True)
-    except OSError as exc:
-        raise MgdRtError(f"engine cache {path}: cannot create it ({exc.strerror}); set {CACHE_ENV} "
-                         "or pass cache_dir") from None
-    return path
+    """The cache folder, created: ``path``, else $MGD_RT_ENGINE_CACHE, else $XDG_CACHE_HOME/mgd-rt/engines."""
+    return cache_folder(path, CACHE_ENV, "engines", "engine cache")
 
 
 def cache_key(graph_sha256: str, library: str, version: str, gpu: GpuInfo, precision: str,

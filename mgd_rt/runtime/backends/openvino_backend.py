@@ -29,6 +29,7 @@ from typing import TYPE_CHECKING, Any
 
 import numpy as np
 
+from mgd_rt.artifacts import cache_folder
 from mgd_rt.contract import INPUT_NAME, OUTPUT_NAME
 from mgd_rt.errors import MgdRtError, first_line
 from mgd_rt.runtime.backends.base import Backend
@@ -44,17 +45,8 @@ _FLOAT_PRECISIONS = {"fp32": "f32", "bf16": "bf16"}
 
 
 def cache_dir(path: str | Path | None = None) -> Path:
-    """OpenVINO's model cache: ``path``, else $MGD_RT_OPENVINO_CACHE, else $XDG_CACHE_HOME/mgd-rt/openvino."""
-    if path is None:
-        path = os.environ.get(CACHE_ENV) or Path(os.environ.get("XDG_CACHE_HOME", Path.home() / ".cache")) \
-            / "mgd-rt" / "openvino"
-    path = Path(path)
-    try:
-        path.mkdir(parents=True, exist_ok=True)
-    except OSError as exc:
-        raise MgdRtError(f"OpenVINO model cache {path}: cannot create it ({exc.strerror}); set {CACHE_ENV}") \
-            from None
-    return path
+    """OpenVINO's model cache, created: ``path``, else $MGD_RT_OPENVINO_CACHE, else $XDG_CACHE_HOME/mgd-rt/openvino."""
+    return cache_folder(path, CACHE_ENV, "openvino", "OpenVINO model cache")
 
 
 def cpu_capabilities(core: openvino.Core) -> tuple[str, list[str]]:

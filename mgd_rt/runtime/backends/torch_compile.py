@@ -10,6 +10,8 @@ from __future__ import annotations
 import os
 from pathlib import Path
 
+from mgd_rt.artifacts import user_cache
+
 # torch.compile modes (inductor), in the order --help lists them; None (the flag left out) is eager
 COMPILE_MODES: tuple[str, ...] = ("default", "max-autotune", "max-autotune-no-cudagraphs", "reduce-overhead")
 # the modes that capture CUDA graphs: reduce-overhead is nothing else, so it is refused off CUDA;
@@ -22,7 +24,7 @@ def default_inductor_cache() -> Path:
     """Where compiled kernels persist unless ``$TORCHINDUCTOR_CACHE_DIR`` says otherwise:
     ``$XDG_CACHE_HOME/mgd-rt/inductor`` (``~/.cache/mgd-rt/inductor``), not torch's default under
     /tmp, which a reboot empties."""
-    return Path(os.environ.get("XDG_CACHE_HOME") or Path.home() / ".cache") / "mgd-rt" / "inductor"
+    return user_cache("inductor")
 
 
 def inductor_cache_dir(torch_default: str | None = None) -> Path:
