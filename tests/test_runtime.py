@@ -339,9 +339,10 @@ def test_backend_selection_follows_the_table():
     picked = {f"m{suffix}": backend_for(f"m{suffix}").name for spec in BACKENDS.values() for suffix in spec.suffixes}
     picked |= {f"{s}://h:1/m": backend_for(f"{s}://h:1/m").name for spec in BACKENDS.values() for s in spec.schemes}
     assert picked == {"m.pth": "torch", "m.pt": "torch", "m.bin": "torch", "m.ckpt": "torch",
-                      "m.safetensors": "torch", "m.onnx": "onnxruntime", "m.engine": "tensorrt",
+                      "m.safetensors": "torch", "m.onnx": "onnxruntime", "m.engine": "tensorrt", "m.pt2": "aoti",
                       "grpc://h:1/m": "triton", "http://h:1/m": "triton", "https://h:1/m": "triton"}
     assert backend_for("m.onnx", "tensorrt").name == "tensorrt"  # opened through the engine cache's converter
+    assert backend_for("m.onnx", "openvino").name == "openvino"  # OpenVINO reads .onnx itself (its `opens`)
     with pytest.raises(MgdRtError, match="runs on the tensorrt backend, not onnxruntime"):
         backend_for("m.engine", "onnxruntime")
     with pytest.raises(MgdRtError, match="unknown URL scheme 'ftp'"):
