@@ -9,6 +9,7 @@ from __future__ import annotations
 
 import os
 import re
+import signal
 import subprocess
 import sys
 import threading
@@ -22,11 +23,18 @@ from PIL import Image
 REPO_ROOT = Path(__file__).resolve().parents[1]
 
 
+def _default_sigint() -> None:
+    # a shell starts background jobs with SIGINT ignored, children inherit that, and Python then installs
+    # no KeyboardInterrupt handler: the child gets SIGINT's default disposition, as in a terminal
+    signal.signal(signal.SIGINT, signal.SIG_DFL)
+
+
 def mgd_rt(*args: str | Path, **popen: object) -> subprocess.Popen:
-    """``mgd-rt ARGS`` as a child process of this Python (the console script's code path)."""
+    """``mgd-rt ARGS`` as a child process of this Python (the console script's code path), with SIGINT as a
+    terminal gives it even when the tests run in the background."""
     env = {**os.environ, "PYTHONPATH": str(REPO_ROOT)}
     return subprocess.Popen([sys.executable, "-m", "mgd_rt.cli", *map(str, args)], stdout=subprocess.PIPE,
-                            stderr=subprocess.PIPE, text=True, env=env, **popen)
+                            stderr=subprocess.PIPE, text=True, env=env, preexec_fn=_default_sigint, **popen)
 
 
 def make_photos(folder: Path, count: int, seed: int = 0) -> Path:

@@ -117,9 +117,16 @@ def test_second_process_loads_the_kernels_from_the_cache(compiled, xdg_cache, im
     """)
     env = {k: v for k, v in os.environ.items() if k != "TORCHINDUCTOR_CACHE_DIR"}
     env.update(XDG_CACHE_HOME=str(xdg_cache), PYTHONPATH=str(REPO))
-    done = subprocess.run([sys.executable, "-c", script], env=env, capture_output=True, text=True, timeout=600)
-    assert done.returncode == 0, done.stderr[-3000:]
-    found = json.loads(done.stdout.strip().splitlines()[-1])
+
+    def compile_in_a_new_process() -> dict:
+        done = subprocess.run([sys.executable, "-c", script], env=env, capture_output=True, text=True, timeout=600)
+        assert done.returncode == 0, done.stderr[-3000:]
+        return json.loads(done.stdout.strip().splitlines()[-1])
+
+    # the first process fills the cache (or finds it filled): this test process's own compiles may not match
+    # a fresh process's cache key (other tests in it change inductor's settings), so both are new processes
+    compile_in_a_new_process()
+    found = compile_in_a_new_process()
     assert found["hit"] >= 1 and found["miss"] == 0, found
     assert found["source"] == "hit"
     assert Path(found["cache"]) == xdg_cache / "mgd-rt" / "inductor"
