@@ -29,12 +29,18 @@ def _default_sigint() -> None:
     signal.signal(signal.SIGINT, signal.SIG_DFL)
 
 
-def mgd_rt(*args: str | Path, **popen: object) -> subprocess.Popen:
+def mgd_rt(*args: str | Path, preexec_fn: Callable[[], None] | None = None, **popen: object) -> subprocess.Popen:
     """``mgd-rt ARGS`` as a child process of this Python (the console script's code path), with SIGINT as a
-    terminal gives it even when the tests run in the background."""
+    terminal gives it even when the tests run in the background; ``preexec_fn`` runs after that."""
     env = {**os.environ, "PYTHONPATH": str(REPO_ROOT)}
+
+    def setup() -> None:
+        _default_sigint()
+        if preexec_fn is not None:
+            preexec_fn()
+
     return subprocess.Popen([sys.executable, "-m", "mgd_rt.cli", *map(str, args)], stdout=subprocess.PIPE,
-                            stderr=subprocess.PIPE, text=True, env=env, preexec_fn=_default_sigint, **popen)
+                            stderr=subprocess.PIPE, text=True, env=env, preexec_fn=setup, **popen)
 
 
 def make_photos(folder: Path, count: int, seed: int = 0) -> Path:
