@@ -86,6 +86,20 @@ class Backend(ABC):
                              f"{', '.join(INPUT_FORMATS)}; upgrade mgd-rt or re-export")
         self.input_format = fmt
 
+    def check_image_size(self, source: str, sides: list[int | None], shape: object) -> int:
+        """S from the metadata's image_size (applied first), else the input's static side; refused when
+        the two disagree (such a graph fails on every image: refuse it before any is read).
+        ``sides``: the input's two spatial dims, None where symbolic; ``shape``: the input shape, for
+        the message."""
+        static = [d for d in sides if d is not None]
+        size = self.metadata.get("image_size") or (static[-1] if static else None)
+        if size is None:
+            raise MgdRtError(f"{source}: neither an image_size metadata prop nor a static input size")
+        if not str(size).isdigit() or any(d != int(size) for d in static):
+            raise MgdRtError(f"{source}: its image_size metadata ({size}) does not match its input "
+                             f"{INPUT_NAME!r} of shape {shape}; re-export the graph")
+        return int(size)
+
     @property
     def takes_pixels(self) -> bool:
         """True when the artifact's input is uint8 (B, S, S, 3) pixels (normalised inside it)."""

@@ -133,16 +133,8 @@ class OnnxRuntimeBackend(Backend):
         self.check_io_types(str(path), {INPUT_NAME: inputs[INPUT_NAME].type, OUTPUT_NAME: outputs[OUTPUT_NAME].type},
                             "tensor(float)", "tensor(uint8)")
         shape = inputs[INPUT_NAME].shape  # (B, 3, S, S), or (B, S, S, 3) for pixels; B symbolic or fixed
-        static = [d for d in (shape[1:3] if self.takes_pixels else shape[-2:]) if isinstance(d, int)]
-        size = meta.get("image_size") or (static[-1] if static else None)
-        if size is None:
-            raise MgdRtError(f"{path}: neither an image_size metadata prop nor a static input size")
-        # a graph whose metadata disagrees with its own input would fail on every image; refuse it
-        # here, before any image is read
-        if not str(size).isdigit() or any(d != int(size) for d in static):
-            raise MgdRtError(f"{path}: its image_size metadata ({size}) does not match its input "
-                             f"{INPUT_NAME!r} of shape {list(shape)}; re-export the graph")
-        self.image_size = int(size)
+        sides = [d if isinstance(d, int) else None for d in (shape[1:3] if self.takes_pixels else shape[-2:])]
+        self.image_size = self.check_image_size(str(path), sides, list(shape))
         self.fixed_batch = shape[0] if isinstance(shape[0], int) else None
         self.precision = meta.get("precision", "fp32")
         self.check_dtype(dtype, path.name, f"export a {dtype} graph and pass that file")

@@ -108,15 +108,8 @@ class OpenVINOBackend(Backend):
                                         OUTPUT_NAME: outputs[OUTPUT_NAME].get_element_type()}, ov.Type.f32, ov.Type.u8)
         shape = list(inputs[INPUT_NAME].get_partial_shape())  # B dynamic or fixed
         sides = shape[1:3] if self.takes_pixels else shape[2:]
-        static = [d.get_length() for d in sides if d.is_static]
-        size = meta.get("image_size") or (static[-1] if static else None)
-        if size is None:
-            raise MgdRtError(f"{path}: neither an image_size metadata prop nor a static input size")
-        # a graph whose metadata disagrees with its own input would fail on every image; refuse it here
-        if not str(size).isdigit() or any(d != int(size) for d in static):
-            raise MgdRtError(f"{path}: its image_size metadata ({size}) does not match its input "
-                             f"{INPUT_NAME!r} of shape {inputs[INPUT_NAME].get_partial_shape()}; re-export the graph")
-        self.image_size = int(size)
+        self.image_size = self.check_image_size(str(path), [d.get_length() if d.is_static else None for d in sides],
+                                                inputs[INPUT_NAME].get_partial_shape())
         self.fixed_batch = shape[0].get_length() if shape[0].is_static else None
 
         cpu, capabilities = cpu_capabilities(core)
