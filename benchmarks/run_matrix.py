@@ -28,6 +28,7 @@ import logging
 import re
 import sys
 import time
+from dataclasses import dataclass
 from pathlib import Path
 
 HERE = Path(__file__).resolve().parent
@@ -39,6 +40,8 @@ from mgd_rt.machine import cpu_info, default_device, load_average  # noqa: E402
 from mgd_rt.runtime.backends import BACKENDS  # noqa: E402
 
 log = logging.getLogger("mgd_rt")
+# the flags that decide which CPU kernels run (README: results per CPU kind)
+ISA_FLAGS = ("avx2", "fma", "avx512f", "avx512_vnni", "avx_vnni", "avx512_bf16", "amx_tile", "amx_bf16", "amx_int8")
 
 
 def _slug(text: str) -> str:
@@ -56,7 +59,7 @@ def _ort_gpu() -> tuple[bool, str]:
     return gpu, f"onnxruntime {ort.__version__} has providers {', '.join(providers)}"
 
 
-def _export(args: argparse.Namespace, workdir: Path, fp16: bool, unavailable: list[dict],
+def _export(args: argparse.Namespace, weights: WeightSet, workdir: Path, fp16: bool, unavailable: list[dict],
             cpu_graph: bool = False) -> Path | None:
     """The FP32 master graph (and FP16 beside it), exported once into ``workdir`` and reused.
 
@@ -70,16 +73,15 @@ def _export(args: argparse.Namespace, workdir: Path, fp16: bool, unavailable: li
     except ImportError as exc:
         unavailable.append({"name": "onnxruntime (all)", "reason": f"export needs the export extra ({exc})"})
         return None
-    tag = "trained" if args.checkpoint else "untrained"
     opset = CPU_OPSET if cpu_graph else None
     suffix = f".opset{opset}" if opset else ""
-    path = workdir / f"mgd_sam2_{_slug(args.variant)}_{args.image_size}_{tag}{suffix}.onnx"
+    path = workdir / f"mgd_sam2_{_slug(args.variant)}_{args.image_size}_{weights.tag}{suffix}.onnx"
     if path.is_file() and (not fp16 or fp16_path(path).is_file()):
         log.info("reusing %s", path)
         return path
     t0 = time.perf_counter()
     try:
-        export_onnx(args.checkpoint, args.variant, args.image_size, output=path, fp16=fp16, verify_graph=False,
+        export_onnx(weights.checkpoint, args.variant, args.image_size, output=path, fp16=fp16, verify_graph=False,
                     opset=opset)
     except Exception as exc:  # recorded: the PyTorch rows still run
         unavailable.append({"name": f"onnxruntime (all{', opset ' + str(opset) if opset else ''})",
@@ -95,37 +97,55 @@ def _call(fn, *args, **kwargs):
     return fn(*args, **{k: v for k, v in kwargs.items() if k in params})
 
 
-def _int8(fp32: Path, args: argparse.Namespace, unavailable: list[dict], target: str | None = None) -> Path | None:
-    """The INT8 Q/DQ graph from mgd_rt.calibration.calibrate (another stage): given, cached, or made on request
-    (``target``: calibrate's placement, None for its default)."""
+def _int8(fp32: Path, args: argparse.Namespace, unavailable: list[dict], calibrations: dict[str, dict],
+          target: str | None = None) -> Path | None:
+    """The INT8 Q/DQ graph a user gets from ``mgd-rt calibrate`` with its defaults (held-out check, and the
+    accuracy recovery when that fails): given, cached (with its report), or made here (``target``: the
+    placement, None for calibrate's default). What the calibration said goes into ``calibrations``."""
     name = "onnxruntime int8"
     out = Path(args.int8) if args.int8 else fp32.with_name(fp32.stem + ".int8.onnx")
+    report = out.with_suffix(".report.json")
     if out.is_file():
         log.info("using the INT8 graph %s", out)
+        calibrations[out.name] = _calibration_summary(report, exit_code=None)
         return out
     if args.int8:
         unavailable.append({"name": name, "reason": f"--int8 {args.int8}: no such file"})
         return None
-    try:
-        from mgd_rt.calibration import calibrate
-    except ImportError as exc:
-        reason = "not available: mgd_rt.calibration missing" if "mgd_rt.calibration" in str(exc) else \
-            f"not available: mgd_rt.calibration cannot be imported ({exc})"
-        unavailable.append({"name": name, "reason": reason})
+    if importlib.util.find_spec("modelopt") is None and target != "cpu":
+        unavailable.append({"name": name, "reason": "not available: nvidia-modelopt is not installed (the int8 extra)"})
         return None
     if not args.calibrate:
         unavailable.append({"name": name, "reason": f"no INT8 graph at {out} and --no-calibrate: make it with "
                             "`mgd-rt calibrate` or pass --int8 PATH"})
         return None
+    from mgd_rt.cli import main as mgd_rt_main
+
     t0 = time.perf_counter()
-    try:  # scikit-image's calibration photos (mgd_rt.calibration's default set, none of them held out)
-        path = Path(_call(calibrate, fp32, num_images=args.calibration_photos, output=out,
-                          **({"target": target} if target else {})))
-    except Exception as exc:  # recorded: the other rows still run
-        unavailable.append({"name": name, "reason": f"calibrate failed: {type(exc).__name__}: {exc}"})
+    # scikit-image's calibration photos (calibrate's default set, none of them held out)
+    argv = ["calibrate", str(fp32), "-o", str(out), "-n", str(args.calibration_photos),
+            *(["--target", target] if target else [])]
+    log.info("mgd-rt %s", " ".join(argv))
+    code = mgd_rt_main(argv)  # 0: the graph passes its held-out check (after recovery if that ran)
+    if not out.is_file():
+        unavailable.append({"name": name, "reason": f"mgd-rt calibrate exited {code} without writing {out.name}"})
         return None
-    log.info("calibrated %s in %.0f s", path, time.perf_counter() - t0)
-    return path
+    calibrations[out.name] = _calibration_summary(report, exit_code=code, seconds=time.perf_counter() - t0)
+    log.info("calibrated %s in %.0f s (exit %d)", out, time.perf_counter() - t0, code)
+    return out
+
+
+def _calibration_summary(report: Path, exit_code: int | None, seconds: float | None = None) -> dict:
+    """What the matrix keeps of a calibration report: its verdict and how much went back to FP32."""
+    found: dict = {"report": report.name, "exit_code": exit_code, "seconds": seconds and round(seconds, 1)}
+    if not report.is_file():
+        return {**found, "verdict": "no report"}
+    data = json.loads(report.read_text())
+    recovery = data.get("recovery") or {}
+    return {**found, "passed": data.get("passed"), "verdict": recovery.get("verdict") or
+            ("PASS as calibrated" if data.get("passed") else "FAIL"),
+            "recovered_nodes": len(recovery.get("restored", []) or []) if recovery else 0,
+            "recovered_share": recovery.get("fp32_share", 0.0) if recovery else 0.0}
 
 
 def _openvino(graphs: dict[str, Path], device: str, unavailable: list[dict]) -> list[Run]:
@@ -164,7 +184,7 @@ def _openvino(graphs: dict[str, Path], device: str, unavailable: list[dict]) -> 
     return rows
 
 
-def _aoti(args: argparse.Namespace, device: str, workdir: Path, unavailable: list[dict],
+def _aoti(args: argparse.Namespace, weights: WeightSet, device: str, workdir: Path, unavailable: list[dict],
           compile_s: dict[str, float]) -> list[Path]:
     """AOTInductor .pt2 packages (mgd_rt.export.aoti): FP32, and FP16 on CUDA, compiled once into ``workdir``
     for this device kind and torch, reused while the torch version they were compiled by is this one;
@@ -182,18 +202,17 @@ def _aoti(args: argparse.Namespace, device: str, workdir: Path, unavailable: lis
         unavailable.extend({"name": f"aoti {p}", "reason": f"export needs the export extra ({exc})"}
                            for p in precisions)
         return []
-    tag = "trained" if args.checkpoint else "untrained"
     kind = device.split(":")[0]
     packages: list[Path] = []
     for precision in precisions:
-        path = workdir / f"mgd_sam2_{_slug(args.variant)}_{args.image_size}_{tag}.{precision}.{kind}.pt2"
+        path = workdir / f"mgd_sam2_{_slug(args.variant)}_{args.image_size}_{weights.tag}.{precision}.{kind}.pt2"
         if path.is_file() and read_package_metadata(path).get("torch_version") == torch.__version__:
             log.info("reusing %s", path)
             packages.append(path)
             continue
         t0 = time.perf_counter()
         try:
-            export_aoti(args.checkpoint, args.variant, args.image_size, output=path, device=device,
+            export_aoti(weights.checkpoint, args.variant, args.image_size, output=path, device=device,
                         dtype=precision, verify_package=False)
         except Exception as exc:  # recorded: the other rows still run
             unavailable.append({"name": f"aoti {precision}", "reason": f"export failed: {type(exc).__name__}: {exc}"})
@@ -238,20 +257,117 @@ def _tensorrt(graphs: dict[str, Path], device: str, workdir: Path, unavailable: 
     return engines
 
 
+@dataclass(frozen=True)
+class WeightSet:
+    """Weights the matrix runs: a checkpoint, or load_model's seeded UNTRAINED weights (``seed``).
+
+    ``model``: what bench loads for the PyTorch rows and the reference (a variant name for the default seed, whose
+    weights load_model makes itself; a state dict saved in the work folder for another seed); ``checkpoint``: what
+    the exports read (None: the default seed); ``tag``: in every file name made from these weights."""
+
+    model: str
+    checkpoint: str | None
+    tag: str
+    seed: int | None
+
+
+def _weight_sets(args: argparse.Namespace, workdir: Path) -> list[WeightSet]:
+    """--checkpoint, else one set per --seeds value; a non-default seed's weights are saved once as a state dict
+    (PyTorch and the exports then read the same file)."""
+    if args.checkpoint:
+        return [WeightSet(args.checkpoint, args.checkpoint, "trained", None)]
+    try:
+        seeds = list(dict.fromkeys(int(v) for v in args.seeds.split(",") if v.strip()))
+    except ValueError:
+        seeds = []
+    if not seeds or min(seeds) < 0:
+        raise MgdRtError(f"--seeds {args.seeds}: give seeds as comma-separated integers >= 0, e.g. 0,1,2")
+    from mgd_rt.checkpoint import UNTRAINED_SEED
+
+    sets = []
+    for seed in seeds:
+        if seed == UNTRAINED_SEED:
+            sets.append(WeightSet(args.variant, None, "untrained", seed))
+            continue
+        path = workdir / f"mgd_sam2_{_slug(args.variant)}_untrained-seed{seed}.pth"
+        if not path.is_file():
+            import torch
+
+            from mgd_rt.artifacts import atomic_write
+            from mgd_rt.checkpoint import load_model
+
+            state = load_model(None, variant=args.variant, seed=seed).state_dict()
+            with atomic_write(path) as tmp:
+                torch.save(state, tmp)
+        sets.append(WeightSet(str(path), str(path), f"untrained-seed{seed}", seed))
+    return sets
+
+
+def _models(args: argparse.Namespace, weights: WeightSet, device: str, workdir: Path, unavailable: list[dict],
+            calibrations: dict[str, dict], aoti_compile_s: dict[str, float], first: bool
+            ) -> tuple[list[str | Path | Run], dict[str, Path]]:
+    """The rows of one weight set and the ONNX graphs they run. ``first``: the first weight set, which also
+    gets the rows whose speed the weights cannot change and whose preparation is slow (compiled PyTorch, .pt2);
+    every set gets eager FP32 (its own run's baseline) and every graph row, whose accuracy they can change."""
+    cuda = device.startswith("cuda")
+    models: list[str | Path | Run] = [weights.model]
+    ort_gpu, ort_why = _ort_gpu()
+    run_ort = ort_gpu or not cuda  # ONNX Runtime rows run where ORT can use the device asked for
+    graphs: dict[str, Path] = {}
+    if cuda and not ort_gpu:
+        unavailable.append({"name": "onnxruntime fp32/fp16/int8", "reason": f"no GPU provider: {ort_why}; "
+                            "ONNX Runtime rows need onnxruntime-gpu on this machine"})
+    # export only for TensorRT when it can build here (a B+ export takes minutes on the host)
+    trt_wanted = cuda and "tensorrt" in BACKENDS and importlib.util.find_spec("tensorrt") is not None
+    if run_ort or trt_wanted:  # TensorRT builds from the same graphs
+        want_fp16 = cuda or args.ort_fp16
+        # a CPU run's rows (ONNX Runtime FP32 and INT8, OpenVINO) run the CPU graph (opset 23, attention as
+        # ONNX Attention nodes), measured faster on B+ (README "ONNX export"), its INT8 graph calibrated with
+        # --target cpu (the default TensorRT placement of an opset-23 graph does not load in ONNX Runtime 1.32);
+        # TensorRT and GPU runs keep the opset-20 graph TensorRT builds
+        fp32 = _export(args, weights, workdir, want_fp16, unavailable, cpu_graph=not cuda)
+        if fp32 is not None:
+            graphs["fp32"] = fp32
+            if want_fp16:
+                from mgd_rt.artifacts import fp16_path
+
+                graphs["fp16"] = fp16_path(fp32)
+            elif run_ort and first:
+                unavailable.append({"name": "onnxruntime fp16", "reason": "not meaningful on ONNX Runtime's CPU "
+                                    f"provider ({ort_why}): FP16 runs through casts there; --ort-fp16 runs it"})
+            int8 = _int8(fp32, args, unavailable, calibrations, target=None if cuda else "cpu")
+            if int8 is not None:
+                graphs["int8"] = int8
+    if run_ort:
+        models.extend(graphs.values())
+    models.extend(_openvino(graphs, device, unavailable if first else []))
+    models.extend(_tensorrt(graphs, device, workdir, unavailable if first else []))
+    if first:
+        models.extend(_aoti(args, weights, device, workdir, unavailable, aoti_compile_s))
+    return models, graphs
+
+
 def main(argv: list[str] | None = None) -> int:
     parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
     parser.add_argument("--device", default=None, help="cpu or cuda (default: CUDA when usable)")
     parser.add_argument("--variant", default="b+")
     parser.add_argument("--image-size", type=int, default=1024)
     parser.add_argument("--checkpoint", default=None, help="real weights (default: seeded UNTRAINED)")
+    parser.add_argument("--seeds", default="0", metavar="0,1,2",
+                        help="seeded UNTRAINED weight sets (load_model's seeds; default 0), each with its own graphs, "
+                        "INT8 calibration, PyTorch FP32 baseline and held-out accuracy; compiled PyTorch, bf16 "
+                        "autocast and .pt2 rows run on the first only (ignored with --checkpoint)")
     parser.add_argument("--batch", default=None, help="batch sizes (default: 1 on the CPU, 1,8 on CUDA)")
     parser.add_argument("--warmup", type=int, default=None, help="default: 1 on the CPU, 10 on CUDA (+ until stable)")
     parser.add_argument("--iters", type=int, default=None, help="timed calls (default: 3 on the CPU, 50 on CUDA)")
+    parser.add_argument("--no-holdout", dest="holdout", action="store_false",
+                        help="check accuracy on the timed batch only, not on each of the six held-out photos")
     parser.add_argument("--ort-fp16", action="store_true", help="also run the FP16 graph on ONNX Runtime's CPU")
     parser.add_argument("--calibration-photos", type=int, default=12,
                         help="scikit-image photos for INT8 calibration (at most 12)")
     parser.add_argument("--no-calibrate", dest="calibrate", action="store_false",
-                        help="do not make a missing INT8 graph with mgd_rt.calibration (B+ at 1024: ~3 min on 2 cores)")
+                        help="do not make a missing INT8 graph with `mgd-rt calibrate` (B+ at 1024: 2-10 min on "
+                        "2 cores, with the accuracy recovery when the held-out check fails)")
     parser.add_argument("--int8", default=None, metavar="ONNX",
                         help="INT8 Q/DQ graph to use (default: <workdir>/<fp32 name>.int8.onnx when it exists)")
     parser.add_argument("--no-aoti", dest="aoti", action="store_false",
@@ -276,8 +392,11 @@ def main(argv: list[str] | None = None) -> int:
     iters = args.iters if args.iters is not None else (50 if cuda else 3)
     workdir = Path(args.workdir)
     workdir.mkdir(parents=True, exist_ok=True)
-    base = args.checkpoint or args.variant  # a variant name = seeded UNTRAINED weights
-    models: list[str | Path | Run] = [base]
+    try:
+        weight_sets = _weight_sets(args, workdir)
+    except MgdRtError as exc:
+        print(f"run_matrix: error: {exc}", file=sys.stderr)
+        return 2
     dtypes = ["fp32", "fp16", "bf16"] if cuda else ["fp32", "bf16"]
     # each PyTorch precision eager and compiled (compile time in the JSON and the .md, apart from the latency)
     compile_modes = [m.strip() for m in (args.compile or ("eager,default,reduce-overhead" if cuda else
@@ -286,40 +405,6 @@ def main(argv: list[str] | None = None) -> int:
     if not cuda:
         unavailable.append({"name": "torch fp16", "reason": "CPU: bf16 autocast instead (the torch backend refuses "
                                                             "fp16 on the CPU: slow and less accurate than bf16)"})
-
-    ort_gpu, ort_why = _ort_gpu()
-    run_ort = ort_gpu or not cuda  # ONNX Runtime rows run where ORT can use the device asked for
-    graphs: dict[str, Path] = {}
-    if cuda and not ort_gpu:
-        unavailable.append({"name": "onnxruntime fp32/fp16/int8", "reason": f"no GPU provider: {ort_why}; "
-                            "ONNX Runtime rows need onnxruntime-gpu on this machine"})
-    # export only for TensorRT when it can build here (a B+ export takes minutes on the host)
-    trt_wanted = cuda and "tensorrt" in BACKENDS and importlib.util.find_spec("tensorrt") is not None
-    if run_ort or trt_wanted:  # TensorRT builds from the same graphs
-        want_fp16 = cuda or args.ort_fp16
-        # a CPU run's rows (ONNX Runtime FP32 and INT8, OpenVINO) run the CPU graph (opset 23, attention as
-        # ONNX Attention nodes), measured faster on B+ (README "ONNX export"), its INT8 graph calibrated with
-        # --target cpu (the default TensorRT placement of an opset-23 graph does not load in ONNX Runtime 1.32);
-        # TensorRT and GPU runs keep the opset-20 graph TensorRT builds
-        fp32 = _export(args, workdir, want_fp16, unavailable, cpu_graph=not cuda)
-        if fp32 is not None:
-            graphs["fp32"] = fp32
-            if want_fp16:
-                from mgd_rt.artifacts import fp16_path
-
-                graphs["fp16"] = fp16_path(fp32)
-            elif run_ort:
-                unavailable.append({"name": "onnxruntime fp16", "reason": "not meaningful on ONNX Runtime's CPU "
-                                    f"provider ({ort_why}): FP16 runs through casts there; --ort-fp16 runs it"})
-            int8 = _int8(fp32, args, unavailable, target=None if cuda else "cpu")
-            if int8 is not None:
-                graphs["int8"] = int8
-    if run_ort:
-        models.extend(graphs.values())
-    models.extend(_openvino(graphs, device, unavailable))
-    models.extend(_tensorrt(graphs, device, workdir, unavailable))
-    aoti_compile_s: dict[str, float] = {}  # export + compile seconds of each package made in this run
-    models.extend(_aoti(args, device, workdir, unavailable, aoti_compile_s))
 
     info = cpu_info()
     name = args.name
@@ -338,31 +423,79 @@ def main(argv: list[str] | None = None) -> int:
         log.info("%s %s %s B=%s: %s", r.label, r.runs_on, r.precision, r.batch,  # type: ignore[attr-defined]
                  f"mean {lat['mean']:.1f} ms" if lat else r.error)  # type: ignore[attr-defined]
 
-    try:
-        report = bench(models, batches=batches, warmup=warmup, iters=iters, device=device, dtypes=dtypes,
-                       compile=compile_modes, reference=base, output=json_path, image_size=args.image_size,
-                       unavailable=unavailable,
-                       photos=max(batches), on_result=progress)
-    except MgdRtError as exc:
-        print(f"run_matrix: error: {exc}", file=sys.stderr)
-        return 1
+    data: dict | None = None
+    all_graphs: dict[str, dict[str, str]] = {}
+    calibrations: dict[str, dict] = {}
+    aoti_compile_s: dict[str, float] = {}  # export + compile seconds of each package made in this run
+    ok = True
+    for index, weights in enumerate(weight_sets):
+        first = index == 0
+        log.info("weights %d/%d: %s", index + 1, len(weight_sets), weights.tag)
+        models, graphs = _models(args, weights, device, workdir, unavailable, calibrations, aoti_compile_s, first)
+        all_graphs[weights.tag] = {role: path.name for role, path in graphs.items()}
+        part_path = json_path if len(weight_sets) == 1 else json_path.with_name(f"{name}.{weights.tag}.json")
+        try:
+            report = bench(models, batches=batches, warmup=warmup, iters=iters, device=device,
+                           dtypes=dtypes if first else ["fp32"], compile=compile_modes if first else ["eager"],
+                           reference=weights.model, output=part_path, image_size=args.image_size,
+                           unavailable=unavailable if first else [], photos=max(batches), holdout=args.holdout,
+                           on_result=progress)
+        except MgdRtError as exc:
+            print(f"run_matrix: error: {exc}", file=sys.stderr)
+            return 1
+        ok = ok and report.ok
+        print(report.table())
+        part = json.loads(part_path.read_text())
+        for r in part["results"]:
+            r["weights"] = weights.tag
+        if data is None:
+            data = part
+        else:
+            data["results"].extend(part["results"])
+            part_path.unlink()  # its rows are in the merged file
+            part_path.with_suffix(".png").unlink(missing_ok=True)
+    assert data is not None
     # the matrix's own facts, beside what bench recorded
-    data = json.loads(json_path.read_text())
     data["matrix"] = {"script": "benchmarks/run_matrix.py", "argv": sys.argv[1:] if argv is None else argv,
                       "variant": args.variant, "image_size": args.image_size,
-                      "weights": args.checkpoint or "seeded UNTRAINED (load_model without a checkpoint)",
+                      "weights": args.checkpoint or f"seeded UNTRAINED (load_model seeds {args.seeds})",
+                      "weight_sets": [w.tag for w in weight_sets], "holdout": args.holdout,
                       "wall_s": time.perf_counter() - start, "aoti_compile_s": aoti_compile_s,
-                      "graphs": {role: path.name for role, path in graphs.items()},
+                      "graphs": all_graphs, "int8_calibration": calibrations,
+                      "fastest_within_tolerance": fastest_within_tolerance(data["results"]),
                       "load_average_end": load_average()}
     json_path.write_text(json.dumps(data, indent=1) + "\n")
     md = summary_markdown(data)
     json_path.with_suffix(".md").write_text(md)
-    print(report.table())
     print()
     print(md)
-    print(f"wrote {json_path}, {report.chart_path}, {json_path.with_suffix('.md')} "
-          f"in {time.perf_counter() - start:.0f} s", file=sys.stderr)
-    return 0 if report.ok else 1
+    print(f"wrote {json_path}, {json_path.with_suffix('.md')} in {time.perf_counter() - start:.0f} s", file=sys.stderr)
+    return 0 if ok else 1
+
+
+def fastest_within_tolerance(results: list[dict]) -> dict:
+    """Per path (backend with compile mode, precision, batch), over the weight sets that ran it: the worst speed-up
+    over that set's own PyTorch FP32 eager, and whether every set's check passed. ``best``: the fastest path that
+    ran on every weight set and passed on all of them; ``best_fp32``: the same among FP32 paths other than eager."""
+    sets = sorted({r.get("weights", "") for r in results})
+    paths: dict[tuple, dict] = {}
+    for r in results:
+        if r["status"] != "ok" or r.get("vs_torch_fp32") is None:
+            continue
+        key = (_runs_on(r), r["precision"], r["batch"])
+        entry = paths.setdefault(key, {"path": f"{key[0]} {key[1]} B={key[2]}", "weights": [], "passed": True,
+                                       "worst_speedup": float("inf")})
+        entry["weights"].append(r.get("weights", ""))
+        entry["passed"] = entry["passed"] and bool((r.get("accuracy") or {}).get("passed", False))
+        entry["worst_speedup"] = min(entry["worst_speedup"], r["vs_torch_fp32"])
+    everywhere = [e for e in paths.values() if sorted(e["weights"]) == sets and e["passed"]
+                  and e["path"] != "torch fp32 B=1"]
+    fp32 = [e for e in everywhere if " fp32 " in e["path"] and not e["path"].startswith("torch fp32")]
+
+    def best(entries: list[dict]) -> dict | None:
+        return max(entries, key=lambda e: e["worst_speedup"]) if entries else None
+
+    return {"weight_sets": sets, "paths": list(paths.values()), "best": best(everywhere), "best_fp32": best(fp32)}
 
 
 def _verdict(acc: dict) -> str:
@@ -381,16 +514,21 @@ def summary_markdown(data: dict) -> str:
     """The README summary: each speed as a ratio to PyTorch FP32 measured in the same run."""
     env = data["environment"]
     gpu = env.get("gpu")
-    where = gpu["name"] if gpu else f"{env['cpu']['model']}, {env['cpu']['logical_cpus']} logical CPUs"
+    cpu = env["cpu"]
+    where = gpu["name"] if gpu else f"{cpu['model']}, {cpu['logical_cpus']} logical CPUs (flags: " \
+        f"{' '.join(f for f in cpu.get('flags', []) if f in ISA_FLAGS) or 'none of ' + ' '.join(ISA_FLAGS)})"
     load = env.get("load_average_start")
     loads = f"; load average at start {load[0]:.2f}" if load else ""
+    several = len({r.get("weights") for r in data["results"]}) > 1
+    weights_col = "weights | " if several else ""
     lines = [f"**{where}** ({data['created']}{loads})\n\n",
-             "| model | backend | precision | batch | p50 ms | mean ms | images/s | x PyTorch FP32 | "
+             f"| {weights_col}model | backend | precision | batch | p50 ms | mean ms | images/s | x PyTorch FP32 | "
              "% of peak | max abs delta / std | sigmoid MAE | IoU top 10% | within tolerance |\n",
-             "|---|---|---|---|---|---|---|---|---|---|---|---|---|\n"]
+             "|---" * (13 + several) + "|\n"]
     for r in data["results"]:
+        first = f"| {r.get('weights', '')} " if several else ""
         if r["status"] != "ok":
-            lines.append(f"| {r['label']} | {_runs_on(r)} | {r['precision']} | {r['batch']} | "
+            lines.append(f"{first}| {r['label']} | {_runs_on(r)} | {r['precision']} | {r['batch']} | "
                          f"not run: {r['error']} |||||||||\n")
             continue
         acc = r.get("accuracy") or {}
@@ -399,20 +537,33 @@ def summary_markdown(data: dict) -> str:
             return format(v, spec) if v is not None else "-"
 
         lines.append(
-            f"| {r['label']} | {_runs_on(r)} | {r['precision']} | {r['batch']} | {r['latency_ms']['p50']:.1f} | "
+            f"{first}| {r['label']} | {_runs_on(r)} | {r['precision']} | {r['batch']} | {r['latency_ms']['p50']:.1f} | "
             f"{r['latency_ms']['mean']:.1f} | {r['images_per_s']:.3f} | {f(r['vs_torch_fp32'], '.2f')} | "
             f"{f(None if r['peak_fraction'] is None else 100 * r['peak_fraction'], '.2f')} | "
             f"{f(acc.get('max_rel_std'), '.1e')} | {f(acc.get('sigmoid_mae'), '.1e')} | "
             f"{f(acc.get('iou_top10'), '.4f')} | {_verdict(acc)} |\n")
+    matrix = data.get("matrix", {})
+    if matrix.get("holdout"):
+        lines.append("\nAccuracy: the worst of the six held-out photos (batch 1 each, never calibration images), "
+                     "against PyTorch FP32 of the same weights; every photo must pass.\n")
     compiled = [r for r in data["results"] if r["status"] == "ok" and r.get("compile_s") is not None]
     if compiled:
         lines.append("\nCompile time (the first call at the shape, not in the latencies): " + "; ".join(
             f"{_runs_on(r)} {r['precision']} B={r['batch']} {r['compile_s']:.0f} s (inductor cache: "
             f"{r['compile_cache']})" for r in compiled) + "\n")
-    graphs = data.get("matrix", {}).get("graphs")
-    if graphs:
-        lines.append("\nONNX graphs (each row's label names its file): " + "; ".join(
-            f"{role}: {name}" for role, name in graphs.items()) + "\n")
+    for tag, graphs in (matrix.get("graphs") or {}).items():
+        lines.append(f"\nONNX graphs ({tag}): " + "; ".join(f"{role}: {name}" for role, name in graphs.items()) + "\n")
+    for graph, c in (matrix.get("int8_calibration") or {}).items():
+        restored = f", {c['recovered_nodes']} nodes back in FP32 ({c['recovered_share']:.1%} of the quantized " \
+            "compute)" if c.get("recovered_nodes") else ""
+        lines.append(f"\nINT8 calibration of {graph} (`mgd-rt calibrate` defaults): {c.get('verdict', '-')}"
+                     f"{restored}\n")
+    fastest = matrix.get("fastest_within_tolerance") or {}
+    for key, what in (("best", "Fastest path within tolerance"), ("best_fp32", "Fastest FP32 path")):
+        e = fastest.get(key)
+        if e:
+            lines.append(f"\n**{what} on every weight set ({', '.join(fastest['weight_sets'])}): {e['path']}, "
+                         f"{e['worst_speedup']:.2f}x PyTorch FP32 eager (the worst set's ratio).**\n")
     for u in data.get("unavailable", []):
         lines.append(f"\nNot run: {u['name']}: {u['reason']}")
     flops = {k: v.get("gflops_per_image") for k, v in data.get("flops", {}).items()}

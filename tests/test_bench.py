@@ -176,3 +176,32 @@ def test_peak_table():
     assert peak["tflops"]["fp32"] == pytest.approx(2 * 2.0 * 64 / 1e3)
     assert cpu_peak(cpu_info())["tflops"]["fp32"] > 0
     assert math.isfinite(cpu_peak()["tflops"]["int8"])
+
+
+def test_holdout_accuracy_checks_every_held_out_photo(onnx_path, tmp_path):
+    """``holdout``: each of calibration's six held-out photos at batch 1, the worst value of each measure, and a
+    failure names its photo; weights other than the graph's (seeded tiny) fail on every photo."""
+    from mgd_rt.runtime.samples import HOLDOUT_PHOTOS
+
+    same = bench([onnx_path], warmup=0, iters=1, device="cpu", reference=TINY_CHECKPOINT, image_size=SIZE,
+                 holdout=True)
+    other = bench([onnx_path], warmup=0, iters=1, device="cpu", reference="tiny", image_size=SIZE, holdout=True)
+    for report in (same, other):
+        acc = report.results[0].accuracy
+        per_photo = acc["photos"]
+        assert [p["inputs"] for p in per_photo] == [f"skimage.data.{n}" for n in HOLDOUT_PHOTOS]
+        assert acc["holdout"] and report.results[0].inputs == ["skimage.data.astronaut"]  # the timed batch apart
+        assert acc["iou_top10"] == min(p["iou_top10"] for p in per_photo)
+        assert acc["max_rel_std"] == max(p["max_rel_std"] for p in per_photo)
+        assert acc["sigmoid_mae"] == max(p["sigmoid_mae"] for p in per_photo)
+        assert acc["passed"] == all(p["passed"] for p in per_photo) == (not acc["failures"])
+    assert same.ok and same.results[0].accuracy["max_rel_std"] <= TOLERANCES["fp32"].max_rel_std
+    bad = other.results[0].accuracy
+    assert not other.ok and not bad["passed"] and bad["iou_top10"] < TOLERANCES["fp32"].iou_top10
+    assert {f.split(":")[0] for f in bad["failures"]} == {f"skimage.data.{n}" for n in HOLDOUT_PHOTOS}
+
+
+def test_holdout_needs_a_reference(onnx_path, capsys):
+    with pytest.raises(SystemExit) as exc:
+        main(["bench", str(onnx_path), "--holdout"])
+    assert exc.value.code == 2 and "--holdout checks accuracy against --reference" in capsys.readouterr().err

@@ -61,6 +61,7 @@ def bench(
     image_size: int | None = None,
     compile: str | Sequence[str | None] | None = None,
     photos: int = 4,
+    holdout: bool = False,
     unavailable: Sequence[dict[str, str]] = (),
     on_result: Callable[[BenchResult], None] | None = None,
     tf32: bool = False,
@@ -76,7 +77,9 @@ def bench(
     calls for ``seconds`` (at least one). device None: CUDA when usable, else the CPU. reference:
     checkpoint or variant name of the PyTorch FP32 model the outputs are compared with. chart
     defaults to the JSON's path with .png. ``photos``: how many real photos feed the batches (cycled
-    to fill one). ``unavailable``: rows the caller could not run, ``{"name", "reason"}``, reported
+    to fill one). ``holdout``: check accuracy on each of INT8 calibration's held-out photos at batch 1 (the
+    smallest batch's result; every photo must pass) instead of on the timed batch's photos.
+    ``unavailable``: rows the caller could not run, ``{"name", "reason"}``, reported
     beside the results. ``on_result`` is called with each result as it is recorded. A model that
     cannot load or run becomes a result with ``status: error`` and the reason, so one failure does
     not lose the other numbers. ``tf32`` (CUDA): let PyTorch use TF32 tensor cores for FP32 matmuls
@@ -118,7 +121,7 @@ def bench(
             raise MgdRtError(f"--end-to-end {' '.join(map(str, end_to_end))}: no image files found")
     settings = BenchSettings(models=models, batches=batches, warmup=warmup, iters=iters, seconds=seconds,
                              device=device, dtypes=dtypes, end_to_end=end_to_end, reference=reference, output=output,
-                             chart=chart, image_size=image_size, compile=modes, photos=photos,
+                             chart=chart, image_size=image_size, compile=modes, photos=photos, holdout=holdout,
                              unavailable=unavailable, on_result=on_result, tf32=tf32, backend=backend)
     tf32_before = set_tf32(tf32) if settings.on_cuda else None
     try:

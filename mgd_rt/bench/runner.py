@@ -92,6 +92,7 @@ class _Session:
             else None
         self.clock = Clock(settings.device)
         self.modules: dict[str, Any] = {}  # shared by a file's precisions
+        self.holdout = _holdout_photos() if settings.holdout else []
 
     def bench_model(self, run: Run) -> None:
         """Load one model, time it at every batch size, record one BenchResult per batch size."""
@@ -182,7 +183,9 @@ class _Session:
             if result.peak_tflops:
                 result.peak_fraction = result.achieved_tflops / result.peak_tflops
         if self.reference is not None:
-            result.accuracy = _accuracy(self.reference, result, chosen, last)
+            result.accuracy = _holdout_accuracy(self.reference, result, backend, self.holdout) \
+                if self.settings.holdout and b == min(self.settings.batches) else \
+                _accuracy(self.reference, result, chosen, last)
         if self.settings.end_to_end:
             result.end_to_end = time_end_to_end(backend, self.settings.end_to_end, b)
         self._record(result)
@@ -203,8 +206,36 @@ def _accuracy(ref: Reference, result: BenchResult, chosen: list[tuple[str, np.nd
     tol = result.precision if result.precision in ("fp32", "fp16", "bf16", "int8") else None
     cmp = compare_logits(expected, out, tol, f"{result.label} {result.precision} B={result.batch} vs torch fp32")
     found = cmp.as_dict()
+    found["inputs"] = ", ".join(name for name, _ in chosen)
     found["tolerance"] = vars(cmp.tolerance) if cmp.tolerance is not None else None
     return {**found, "reference": str(ref.model), "reference_backend": ref.description, "tolerance_key": tol}
+
+
+def _holdout_photos() -> list[tuple[str, np.ndarray]]:
+    """[(name, (H, W, 3) uint8)]: the photos INT8 calibration holds out (never among its calibration images),
+    so an INT8 row is checked on images its ranges were not measured on."""
+    from mgd_rt.runtime.samples import HOLDOUT_PHOTOS, sample_photos
+
+    return [(f"skimage.data.{name}", rgb) for name, rgb in sample_photos(HOLDOUT_PHOTOS)]
+
+
+def _holdout_accuracy(ref: Reference, result: BenchResult, backend: Any, photos: list[tuple[str, np.ndarray]]
+                      ) -> dict[str, Any]:
+    """Each held-out photo through ``backend`` at batch 1 (apart from the timed calls), against the reference,
+    held to the result's precision's tolerance: the worst value of each measure, ``passed`` only when every
+    photo passes, ``failures`` naming the photo, and every photo's comparison under ``photos``."""
+    from mgd_rt.runtime.processing import preprocess
+
+    inputs = [(name, preprocess(rgb, result.image_size, backend.mean, backend.std)) for name, rgb in photos]
+    ref.logits(inputs, result.image_size)  # the reference model loaded once for all of them, then cached
+    per_photo = [_accuracy(ref, result, [(name, x)], backend.infer(x[None]))  # pixels for a pixel input
+                 for name, x in inputs]
+    worst = {key: pick(p[key] for p in per_photo) for key, pick in
+             (("max_abs", max), ("max_rel_std", max), ("mean_abs", max), ("sigmoid_mae", max), ("iou_05", min),
+              ("iou_top10", min))}
+    failures = [f"{p['inputs']}: {f}" for p in per_photo for f in p["failures"]]
+    return {**per_photo[0], **worst, "name": f"{result.label} {result.precision} held-out photos (worst) vs torch fp32",
+            "failures": failures, "passed": not failures, "holdout": True, "photos": per_photo}
 
 
 def _failure(exc: BaseException) -> str:

@@ -40,6 +40,7 @@ class BenchSettings:
     image_size: int | None = None
     compile: Sequence[str | None] = (None,)  # torch.compile modes per PyTorch run; None: eager
     photos: int = 4
+    holdout: bool = False  # accuracy on each held-out photo at batch 1 instead of the timed batch's photos
     unavailable: Sequence[dict[str, str]] = ()
     on_result: Callable[[BenchResult], None] | None = None  # called with each result as it is recorded
     tf32: bool = False
@@ -63,6 +64,7 @@ class BenchSettings:
                 "end_to_end": [str(p) for p in self.end_to_end] if self.end_to_end else None,
                 "reference": str(self.reference) if self.reference is not None else None,
                 "image_size": self.image_size, "compile": [m or "eager" for m in self.compile],
+                "holdout": self.holdout,
                 "warmup_until_stable": self.until_stable,
                 "tf32": self.tf32 if self.on_cuda else None,
                 "stable_rule": f"{STABLE_WINDOW} consecutive calls within {STABLE_SPREAD:.0%} of their median, "

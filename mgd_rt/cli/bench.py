@@ -64,6 +64,9 @@ def register(subparsers: argparse._SubParsersAction) -> None:
                         help="also time image files (files, folders, globs) from disk to written matte, by stage")
     parser.add_argument("--reference", metavar="CKPT", default=None,
                         help="PyTorch FP32 model (checkpoint or variant name) to measure accuracy against")
+    parser.add_argument("--holdout", action="store_true",
+                        help="check accuracy (needs --reference) on each of INT8 calibration's six held-out photos "
+                        "at batch 1, every one held to the precision's tolerance, instead of on the timed batch")
     parser.add_argument("-o", "--output", metavar="results.json", default=None,
                         help="write the JSON here and the chart beside it (.png)")
     parser.add_argument("--chart", metavar="PNG", default=None, help="chart path (default: the JSON's with .png)")
@@ -79,12 +82,15 @@ def run(args: argparse.Namespace) -> int:
         args.parser.error("--iters must be at least 1")
     if args.seconds is not None and args.seconds <= 0:
         args.parser.error("--seconds must be positive")
+    if args.holdout and args.reference is None:
+        args.parser.error("--holdout checks accuracy against --reference: give one (a checkpoint or variant name)")
     # a flag left out means the library's default: only pass what was given
     counts = {k: v for k, v in (("iters", args.iters), ("seconds", args.seconds)) if v is not None}
     report = bench(
         args.models, batches=args.batch, warmup=args.warmup, device=args.device, dtypes=args.dtype,
         end_to_end=args.end_to_end, reference=args.reference, output=args.output, chart=args.chart,
-        image_size=args.image_size, compile=args.compile, tf32=args.tf32, backend=args.backend, **counts,
+        image_size=args.image_size, compile=args.compile, tf32=args.tf32, backend=args.backend,
+        holdout=args.holdout, **counts,
     )
     print(report.table())
     for r in report.results:
