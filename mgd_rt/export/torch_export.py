@@ -80,7 +80,7 @@ def torch_to_onnx(
     dynamic_shapes = None
     if batch is None:
         dynamic_shapes = {"image": {0: torch.export.Dim(BATCH_AXIS_NAME, min=1, max=MAX_BATCH)}}
-    with export_form(model), warnings.catch_warnings():
+    with export_form(model, attention_op=opset >= CPU_OPSET), warnings.catch_warnings():
         warnings.simplefilter("ignore")
         try:
             program = torch.onnx.export(
