@@ -42,8 +42,8 @@ def test_batch_of_two_equals_two_batches_of_one(tiny_model, tiny_io, tiny_logits
 def test_bfloat16_autocast_stays_close_to_fp32(tiny_model, tiny_io, tiny_logits):
     with torch.inference_mode(), torch.autocast("cpu", dtype=torch.bfloat16):
         logits = tiny_model(torch.from_numpy(tiny_io["image"]))
-    assert logits.dtype == torch.bfloat16
-    result = compare_logits(tiny_logits, logits.float().numpy(), "bf16", "bf16 autocast")
+    assert logits.dtype == torch.float32  # the DRM computes in FP32 under autocast (MGDSAM2.refine)
+    result = compare_logits(tiny_logits, logits.numpy(), "bf16", "bf16 autocast")
     assert result, result.row()
     assert result.max_abs > 0  # autocast really ran in reduced precision
 
@@ -155,3 +155,32 @@ def test_cuda_fp32_reproduces_the_fixture_and_autocast_stays_close(tiny_io):
     assert compare_logits(tiny_io["mask_logits"], logits, "reference", "cuda fp32")
     assert compare_logits(logits, bf16, "bf16", "cuda bf16 autocast")
     assert compare_logits(logits, fp16, "bf16", "cuda fp16 autocast")
+
+
+def test_drm_computes_in_fp32_under_autocast(tiny_model, tiny_io, tiny_logits):
+    """Under bf16 autocast the encoder and decoder run in bf16 and the DRM (``MGDSAM2.refine``) in FP32: every
+    DRM convolution sees float32 input, the logits leave in float32, and the result is closer to FP32 than
+    the whole network in bf16 (the DRM's half-precision full-resolution convolutions cost the most)."""
+    image = torch.from_numpy(tiny_io["image"])
+    seen: set[torch.dtype] = set()
+    hooks = [m.register_forward_hook(lambda _m, inputs, _out: seen.update(t.dtype for t in inputs))
+             for m in tiny_model.detail_enhance.modules() if isinstance(m, torch.nn.Conv2d)]
+    try:
+        with torch.inference_mode(), torch.autocast("cpu", dtype=torch.bfloat16):
+            mixed = tiny_model(image)
+    finally:
+        for h in hooks:
+            h.remove()
+    assert seen == {torch.float32} and mixed.dtype == torch.float32
+    original = type(tiny_model).refine
+    type(tiny_model).refine = lambda self, img, up: self.detail_enhance(img, up)  # the DRM under autocast too
+    try:
+        with torch.inference_mode(), torch.autocast("cpu", dtype=torch.bfloat16):
+            everywhere = tiny_model(image).float().numpy()
+    finally:
+        type(tiny_model).refine = original
+    mixed_cmp = compare_logits(tiny_logits, mixed.numpy(), "bf16", "bf16, DRM in FP32")
+    everywhere_cmp = compare_logits(tiny_logits, everywhere, None, "bf16 everywhere")
+    assert mixed_cmp, mixed_cmp.row()
+    assert mixed_cmp.max_rel_std < everywhere_cmp.max_rel_std / 2, (mixed_cmp.row(), everywhere_cmp.row())
+    assert mixed_cmp.max_rel_std > 1e-4  # bf16 really ran upstream: FP32 reruns differ by ~1e-6

@@ -100,8 +100,9 @@ def test_bf16_compiled_within_bf16_of_eager_fp32(xdg_cache, image, eager, compil
         assert (1, SIZE) in backend.compile_seconds
     cmp = compare_logits(eager, out, "bf16", "compiled bf16 vs eager fp32")
     assert cmp, cmp.row()
-    # autocast ran inside the compiled graph: the result is not the FP32 one
-    assert compare_logits(compiled[1], out).max_abs > 1e-3
+    # autocast ran inside the compiled graph: the result is not the FP32 one (measured max|d|/std 5.1e-3 with the
+    # DRM in FP32; compiled FP32 differs from eager by ~1e-5)
+    assert compare_logits(compiled[1], out).max_rel_std > 1e-3
 
 
 def test_second_process_loads_the_kernels_from_the_cache(compiled, xdg_cache, image):

@@ -10,8 +10,9 @@ kind, CPU instruction set or GPU architecture, and torch build it was compiled f
 Precision: fp16 and bf16 packages are exported under ``torch.autocast`` (captured into the program,
 so the casts are compiled in), the same policy as the PyTorch backend's: weights stay FP32, autocast
 runs matrix products and convolutions in the low precision and keeps the sensitive ops (softmax,
-layer norms, the neck's FP32 interpolation) in FP32. Casting the whole model instead fails: the neck
-interpolates in FP32 on purpose and its sum would meet a half-precision convolution.
+layer norms, the neck's FP32 interpolation, the DRM: ``MGDSAM2.refine``) in FP32. Casting the whole
+model instead fails: the neck interpolates in FP32 on purpose and its sum would meet a half-precision
+convolution.
 """
 
 from __future__ import annotations

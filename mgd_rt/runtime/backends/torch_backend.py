@@ -1,8 +1,8 @@
 """PyTorch backend: a checkpoint (or a loaded MGDSAM2) run under inference mode, eager or compiled.
 
 The only runtime module that imports torch. FP16/BF16 run under autocast (weights stay
-FP32, numerically sensitive ops stay FP32 as autocast decides); the logits are returned as
-float32 whatever the compute precision.
+FP32, numerically sensitive ops stay FP32 as autocast decides, and the model keeps its DRM in FP32:
+``MGDSAM2.refine``); the logits are returned as float32 whatever the compute precision.
 
 ``compile`` (a mode of :data:`~mgd_rt.runtime.backends.torch_compile.COMPILE_MODES`) runs the
 same forward through ``torch.compile`` with inductor and static shapes: the first call at each
