@@ -24,9 +24,13 @@ def run_matrix():
         sys.modules.pop("run_matrix", None)
 
 
-def _row(weights: str, backend: str, precision: str, speedup: float, passed: bool = True, compile=None) -> dict:
+def _row(weights: str, backend: str, precision: str, speedup: float, passed: bool = True, compile=None,
+         seconds: float | None = None) -> dict:
+    """A result row; its latency ``seconds`` (default: an eager run of 1 s over ``speedup``), three equal calls."""
+    seconds = seconds if seconds is not None else 1.0 / speedup
     return {"weights": weights, "backend": backend, "precision": precision, "batch": 1, "status": "ok",
-            "compile": compile, "vs_torch_fp32": speedup, "accuracy": {"passed": passed}}
+            "compile": compile, "vs_torch_fp32": speedup, "accuracy": {"passed": passed},
+            "latency_ms": {"mean": seconds * 1e3}, "timings_s": [seconds] * 3}
 
 
 def test_fastest_within_tolerance_takes_the_worst_set(run_matrix):
@@ -42,6 +46,7 @@ def test_fastest_within_tolerance_takes_the_worst_set(run_matrix):
     found = run_matrix.fastest_within_tolerance(results)
     assert found["weight_sets"] == sorted(sets)
     assert found["best"]["path"] == "onnxruntime int8 B=1" and found["best"]["worst_speedup"] == 3.1
+    assert found["best"]["worst_pooled_speedup"] == pytest.approx(3.1)  # every set's eager run took 1 s
     assert found["best_fp32"]["path"] == "onnxruntime fp32 B=1" and found["best_fp32"]["worst_speedup"] == 2.5
     bf16 = next(p for p in found["paths"] if p["path"] == "openvino bf16 B=1")
     assert not bf16["passed"] and bf16["worst_speedup"] == 4.5
@@ -52,3 +57,12 @@ def test_nothing_passes_everywhere(run_matrix):
                _row("a", "onnxruntime", "int8", 3.0), _row("b", "onnxruntime", "int8", 3.0, passed=False)]
     found = run_matrix.fastest_within_tolerance(results)
     assert found["best"] is None and found["best_fp32"] is None
+
+
+def test_pooled_baseline_evens_out_a_noisy_eager_run(run_matrix):
+    """Eager took 1.0 s on one set and 0.5 s on the other (same work): INT8 at 0.4 s on both is 2.5x and 1.25x
+    of each set's own run, 1.875x of the pooled eager mean (0.75 s)."""
+    results = [_row("a", "torch", "fp32", 1.0, seconds=1.0), _row("b", "torch", "fp32", 1.0, seconds=0.5),
+               _row("a", "onnxruntime", "int8", 2.5, seconds=0.4), _row("b", "onnxruntime", "int8", 1.25, seconds=0.4)]
+    best = run_matrix.fastest_within_tolerance(results)["best"]
+    assert best["worst_speedup"] == 1.25 and best["worst_pooled_speedup"] == pytest.approx(1.875)
