@@ -456,7 +456,8 @@ def main(argv: list[str] | None = None) -> int:
             data = part
         else:
             data["results"].extend(part["results"])
-            part_path.unlink()  # its rows are in the merged file
+        if part_path != json_path:  # its rows go into the merged file
+            part_path.unlink()
             part_path.with_suffix(".png").unlink(missing_ok=True)
     assert data is not None
     # the matrix's own facts, beside what bench recorded
