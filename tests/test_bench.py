@@ -191,6 +191,7 @@ def test_holdout_accuracy_checks_every_held_out_photo(onnx_path, tmp_path):
         per_photo = acc["photos"]
         assert [p["inputs"] for p in per_photo] == [f"skimage.data.{n}" for n in HOLDOUT_PHOTOS]
         assert acc["holdout"] and report.results[0].inputs == ["skimage.data.astronaut"]  # the timed batch apart
+        assert acc["inputs"] == ", ".join(p["inputs"] for p in per_photo)
         assert acc["iou_top10"] == min(p["iou_top10"] for p in per_photo)
         assert acc["max_rel_std"] == max(p["max_rel_std"] for p in per_photo)
         assert acc["sigmoid_mae"] == max(p["sigmoid_mae"] for p in per_photo)

@@ -235,7 +235,8 @@ def _holdout_accuracy(ref: Reference, result: BenchResult, backend: Any, photos:
               ("iou_top10", min))}
     failures = [f"{p['inputs']}: {f}" for p in per_photo for f in p["failures"]]
     return {**per_photo[0], **worst, "name": f"{result.label} {result.precision} held-out photos (worst) vs torch fp32",
-            "failures": failures, "passed": not failures, "holdout": True, "photos": per_photo}
+            "inputs": ", ".join(name for name, _ in inputs), "failures": failures, "passed": not failures,
+            "holdout": True, "photos": per_photo}
 
 
 def _failure(exc: BaseException) -> str:
