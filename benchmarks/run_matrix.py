@@ -268,14 +268,13 @@ class WeightSet:
     model: str
     checkpoint: str | None
     tag: str
-    seed: int | None
 
 
 def _weight_sets(args: argparse.Namespace, workdir: Path) -> list[WeightSet]:
     """--checkpoint, else one set per --seeds value; a non-default seed's weights are saved once as a state dict
     (PyTorch and the exports then read the same file)."""
     if args.checkpoint:
-        return [WeightSet(args.checkpoint, args.checkpoint, "trained", None)]
+        return [WeightSet(args.checkpoint, args.checkpoint, "trained")]
     try:
         seeds = list(dict.fromkeys(int(v) for v in args.seeds.split(",") if v.strip()))
     except ValueError:
@@ -287,7 +286,7 @@ def _weight_sets(args: argparse.Namespace, workdir: Path) -> list[WeightSet]:
     sets = []
     for seed in seeds:
         if seed == UNTRAINED_SEED:
-            sets.append(WeightSet(args.variant, None, "untrained", seed))
+            sets.append(WeightSet(args.variant, None, "untrained"))
             continue
         path = workdir / f"mgd_sam2_{_slug(args.variant)}_untrained-seed{seed}.pth"
         if not path.is_file():
@@ -299,7 +298,7 @@ def _weight_sets(args: argparse.Namespace, workdir: Path) -> list[WeightSet]:
             state = load_model(None, variant=args.variant, seed=seed).state_dict()
             with atomic_write(path) as tmp:
                 torch.save(state, tmp)
-        sets.append(WeightSet(str(path), str(path), f"untrained-seed{seed}", seed))
+        sets.append(WeightSet(str(path), str(path), f"untrained-seed{seed}"))
     return sets
 
 
@@ -467,25 +466,26 @@ def main(argv: list[str] | None = None) -> int:
                       "weight_sets": [w.tag for w in weight_sets], "holdout": args.holdout,
                       "wall_s": time.perf_counter() - start, "aoti_compile_s": aoti_compile_s,
                       "graphs": all_graphs, "int8_calibration": calibrations,
-                      "fastest_within_tolerance": fastest_within_tolerance(data["results"]),
                       "load_average_end": load_average()}
-    json_path.write_text(json.dumps(data, indent=1) + "\n")
-    md = summary_markdown(data)
-    json_path.with_suffix(".md").write_text(md)
     print()
-    print(md)
+    print(write_summary(json_path, data))
     print(f"wrote {json_path}, {json_path.with_suffix('.md')} in {time.perf_counter() - start:.0f} s", file=sys.stderr)
     return 0 if ok else 1
 
 
-def summarize(json_path: Path) -> int:
-    """Recompute a finished run's verdict and rewrite its summary table, from its JSON alone (no model runs)."""
-    data = json.loads(json_path.read_text())
+def write_summary(json_path: Path, data: dict) -> str:
+    """The run's verdict into ``data`` (matrix.fastest_within_tolerance), ``data`` to ``json_path`` and the
+    summary table beside it (.md); returns the table."""
     data.setdefault("matrix", {})["fastest_within_tolerance"] = fastest_within_tolerance(data["results"])
     json_path.write_text(json.dumps(data, indent=1) + "\n")
     md = summary_markdown(data)
     json_path.with_suffix(".md").write_text(md)
-    print(md)
+    return md
+
+
+def summarize(json_path: Path) -> int:
+    """Recompute a finished run's verdict and rewrite its summary table, from its JSON alone (no model runs)."""
+    print(write_summary(json_path, json.loads(json_path.read_text())))
     return 0
 
 
