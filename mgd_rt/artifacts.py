@@ -42,6 +42,9 @@ METADATA_KEYS: dict[str, str] = {
 }
 # optional prop: the input size whose grid the baked MCEM codes come from (the authors' TTA quirk)
 CODE_SIZE_KEY = "mcem_code_size"
+# optional prop: the float tensors the DRM reads from the rest of the network (comma-separated, the graph's input
+# aside), where a mixed-precision runtime splits the graph to keep the DRM in fp32 (OpenVINO bf16)
+DRM_INPUTS_KEY = "drm_inputs"
 # optional prop contract.INPUT_FORMAT_KEY: "uint8" when the input is (B, S, S, 3) pixels; absent = float32
 UNTRAINED = "untrained"  # checkpoint_sha256 of seeded weights
 
@@ -246,7 +249,7 @@ def read_sidecar(engine: str | Path) -> dict[str, Any]:
 
 
 __all__ = [
-    "CHECKPOINT_SUFFIXES", "CODE_SIZE_KEY", "ENGINE_SUFFIXES", "GRAPH_SUFFIXES", "METADATA_KEYS",
+    "CHECKPOINT_SUFFIXES", "CODE_SIZE_KEY", "DRM_INPUTS_KEY", "ENGINE_SUFFIXES", "GRAPH_SUFFIXES", "METADATA_KEYS",
     "PACKAGE_METADATA_KEYS", "PACKAGE_PRECISIONS", "PACKAGE_SUFFIXES", "PRECISIONS",
     "SIDECAR_FORMAT", "SIDECAR_KEYS", "SIDECAR_VERSION", "UNTRAINED", "atomic_write", "cache_folder",
     "check_output_path", "engine_path", "file_sha256", "format_floats", "fp16_path", "int8_path", "metadata_floats",

@@ -10,6 +10,7 @@ from pathlib import Path
 
 import numpy as np
 
+from mgd_rt.artifacts import DRM_INPUTS_KEY
 from mgd_rt.contract import IMAGENET_MEAN, IMAGENET_STD, INPUT_FORMAT_KEY, INPUT_NAME, OUTPUT_NAME, PIXEL_INPUT
 
 TOY_WEIGHTS = np.array([1.5, -1.0, 0.5], dtype=np.float32)
@@ -28,19 +29,26 @@ def make_toy_onnx(
     precision: str = "fp32",
     input_name: str = INPUT_NAME,
     metadata: bool = True,
+    drm_cut: bool = False,
 ) -> Path:
-    """Write a contract-conforming toy graph to ``path`` and return it."""
+    """Write a contract-conforming toy graph to ``path`` and return it. ``drm_cut``: the Conv writes
+    "toy_features", a Mul by 1 the output, and the metadata names "toy_features" as the DRM's input
+    (artifacts.DRM_INPUTS_KEY), where a bf16 run cuts the graph in two."""
     import onnx
     from onnx import TensorProto, helper, numpy_helper
 
     weight = numpy_helper.from_array(TOY_WEIGHTS.reshape(1, 3, 1, 1), "w")
     bias = numpy_helper.from_array(np.array([TOY_BIAS], dtype=np.float32), "b")
-    node = helper.make_node("Conv", [input_name, "w", "b"], [OUTPUT_NAME])
+    nodes = [helper.make_node("Conv", [input_name, "w", "b"], ["toy_features" if drm_cut else OUTPUT_NAME])]
+    initializers = [weight, bias]
+    if drm_cut:
+        nodes.append(helper.make_node("Mul", ["toy_features", "one"], [OUTPUT_NAME]))
+        initializers.append(numpy_helper.from_array(np.array(1.0, dtype=np.float32), "one"))
     graph = helper.make_graph(
-        [node], "toy",
+        nodes, "toy",
         [helper.make_tensor_value_info(input_name, TensorProto.FLOAT, [batch, 3, size, size])],
         [helper.make_tensor_value_info(OUTPUT_NAME, TensorProto.FLOAT, [batch, 1, size, size])],
-        initializer=[weight, bias],
+        initializer=initializers,
     )
     model = helper.make_model(graph, opset_imports=[helper.make_opsetid("", 17)])
     model.ir_version = 8
@@ -50,6 +58,8 @@ def make_toy_onnx(
             "mean": ",".join(map(str, IMAGENET_MEAN)), "std": ",".join(map(str, IMAGENET_STD)),
             "checkpoint_sha256": "untrained",
         }
+        if drm_cut:
+            props[DRM_INPUTS_KEY] = "toy_features"
         for k, v in props.items():
             entry = model.metadata_props.add()
             entry.key, entry.value = k, v

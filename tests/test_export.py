@@ -14,7 +14,7 @@ import pytest
 import torch
 from conftest import TINY_CHECKPOINT, TINY_IO
 
-from mgd_rt.artifacts import METADATA_KEYS, fp16_path
+from mgd_rt.artifacts import DRM_INPUTS_KEY, METADATA_KEYS, fp16_path
 from mgd_rt.contract import INPUT_NAME, OUTPUT_NAME
 from mgd_rt.errors import MgdRtError
 from mgd_rt.export import MAX_NODES, export_onnx, verify
@@ -95,6 +95,35 @@ def test_metadata(tiny_export):
         assert meta["std"] == "0.229,0.224,0.225"
         assert meta["mgd_rt_version"] == __version__
         assert meta["checkpoint_sha256"] == file_sha256(CKPT)
+
+
+def test_drm_inputs_cut_the_graph_where_the_drm_starts(tiny_export):
+    """The drm_inputs prop names the decoder's features (5B, 32, S/8, S/8): the graph from them and the image
+    to the output holds every DRM convolution and nothing of the encoder or decoder (OpenVINO's bf16 cut)."""
+    from onnx.utils import Extractor
+
+    model = onnx.load(str(tiny_export.path))
+    cut = read_metadata(model)[DRM_INPUTS_KEY].split(",")
+    shapes = {v.name: [d.dim_param or d.dim_value for d in v.type.tensor_type.shape.dim]
+              for v in model.graph.value_info}
+    assert len(cut) == 1 and shapes[cut[0]] == ["5*batch", 32, 64, 64]
+
+    def convolutions(graph: onnx.GraphProto) -> dict[str, int]:
+        """Conv nodes per top-level module their parameters are named after (the exporter's folded weights
+        lose the name; a bias or weight keeps it)"""
+        weights = {i.name for i in graph.initializer}
+        found: dict[str, int] = {}
+        for node in graph.node:
+            modules = {name.split(".")[0] for name in node.input if name in weights and "." in name}
+            if node.op_type == "Conv":
+                for module in modules:
+                    found[module] = found.get(module, 0) + 1
+        return found
+
+    tail = Extractor(model).extract_model([INPUT_NAME, *cut], [OUTPUT_NAME])
+    whole = convolutions(model.graph)
+    assert whole["detail_enhance"] == 12 and whole["image_encoder"] > 0 and whole["sam_mask_decoder"] > 0
+    assert convolutions(tail.graph) == {"detail_enhance": 12}
 
 
 def test_file_size(tiny_export):

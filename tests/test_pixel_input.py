@@ -68,6 +68,20 @@ def test_export_writes_a_verified_uint8_graph(exported):
     assert len(onnx.load(str(result.path)).graph.node) - len(report_plain.graph.node) <= 5
 
 
+def test_drm_inputs_include_the_normalised_image(exported):
+    """In a pixel graph the DRM reads the image after the in-graph normalisation: the cut (drm_inputs) names
+    that float32 (B, 3, S, S) tensor beside the decoder's features (5B, 32, S/8, S/8)."""
+    from mgd_rt.artifacts import DRM_INPUTS_KEY
+    from mgd_rt.export.graph import read_metadata
+
+    result, _ = exported
+    model = onnx.load(str(result.path), load_external_data=False)
+    shapes = {v.name: [d.dim_param or d.dim_value for d in v.type.tensor_type.shape.dim]
+              for v in model.graph.value_info if v.type.tensor_type.elem_type == onnx.TensorProto.FLOAT}
+    cut = read_metadata(model)[DRM_INPUTS_KEY].split(",")
+    assert sorted(shapes[name] for name in cut) == [["5*batch", 32, SIZE // 8, SIZE // 8], ["batch", 3, SIZE, SIZE]]
+
+
 def test_runtime_sends_pixels_with_the_float_graphs_logits(exported):
     result, plain = exported
     photos = _photos()

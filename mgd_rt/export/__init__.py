@@ -13,6 +13,7 @@ from pathlib import Path
 
 from mgd_rt.artifacts import (
     CODE_SIZE_KEY,
+    DRM_INPUTS_KEY,
     UNTRAINED,
     atomic_write,
     check_output_path,
@@ -146,10 +147,11 @@ def export_onnx(
     import onnx
 
     from mgd_rt.checkpoint import load_model
-    from mgd_rt.contract import INPUT_FORMAT_KEY, PIXEL_INPUT
+    from mgd_rt.contract import INPUT_FORMAT_KEY, INPUT_NAME, PIXEL_INPUT
     from mgd_rt.export import graph as graphs
     from mgd_rt.export.torch_export import DEFAULT_OPSET, torch_to_onnx, used_parameter_bytes
     from mgd_rt.model.mcem import mcem_code_grid
+    from mgd_rt.model.mgd_sam2 import DRM_MODULE
 
     output = Path(output)
     check_output_path(output, ".onnx")
@@ -181,6 +183,8 @@ def export_onnx(
     with mcem_code_grid(model, code_grid_size):  # the authors' TTA quirk, when asked for
         proto = torch_to_onnx(model, batch, opset, pixel_input)
     result.nodes_exported = len(proto.graph.node)
+    # read while the exporter's node metadata says which module each node came from (simplify drops it)
+    drm_reads = graphs.module_inputs(proto, DRM_MODULE)
     step("export", t0)
 
     t0 = time.perf_counter()
@@ -203,6 +207,13 @@ def export_onnx(
     # the same model is the same file (clearing them would lose shapes ONNX's inference cannot derive)
     graphs.drop_duplicate_shapes(proto)
     proto = onnx.shape_inference.infer_shapes(proto, check_type=True, strict_mode=True)
+    drm_cut = [name for name in graphs.float_tensors(proto, drm_reads) if name != INPUT_NAME]
+    if drm_cut:
+        props[DRM_INPUTS_KEY] = ",".join(drm_cut)
+        graphs.set_metadata(proto, {DRM_INPUTS_KEY: props[DRM_INPUTS_KEY]})
+    else:  # a later exporter or simplifier may rename them: the graph stays valid, OpenVINO bf16 refuses it
+        log.warning("the DRM's inputs (%s) are not tensors of the simplified graph: no %s prop",
+                    ", ".join(drm_reads) or "none found", DRM_INPUTS_KEY)
     onnx.checker.check_model(proto, full_check=True)
     result.report = graphs.graph_report(proto)
     result.nodes_final = result.report.nodes

@@ -5,6 +5,7 @@ Operates on ``onnx.ModelProto`` in memory; nothing here imports torch.
 
 from __future__ import annotations
 
+import ast
 import collections
 from dataclasses import asdict, dataclass, field
 
@@ -190,6 +191,43 @@ def drop_duplicate_shapes(model: onnx.ModelProto) -> int:
     del model.graph.value_info[:]
     model.graph.value_info.extend(kept)
     return dropped
+
+
+# the dynamo exporter's node metadata: the module path a node was traced in (the simplifier drops it)
+_NAME_SCOPES = "pkg.torch.onnx.name_scopes"
+
+
+def _in_module(node: onnx.NodeProto, module: str) -> bool:
+    for prop in node.metadata_props:
+        if prop.key == _NAME_SCOPES:
+            return any(scope == module or scope.endswith("." + module) for scope in ast.literal_eval(prop.value))
+    return False
+
+
+def module_inputs(model: onnx.ModelProto, module: str) -> list[str]:
+    """The tensors that the nodes traced in submodule ``module`` (e.g. "detail_enhance") read from the rest of
+    the graph: graph inputs and other nodes' outputs, not initializers or Constant nodes; in graph order.
+
+    Needs the exporter's node metadata, so call it on the exporter's graph, before :func:`simplify`. An empty
+    list when no node carries ``module``'s scope.
+    """
+    graph = model.graph
+    inside = [n for n in graph.node if _in_module(n, module)]
+    produced_inside = {o for n in inside for o in n.output}
+    constants = {i.name for i in graph.initializer} | {o for n in graph.node if n.op_type == "Constant"
+                                                         for o in n.output}
+    names: list[str] = []
+    for node in inside:
+        for name in node.input:
+            if name and name not in produced_inside and name not in constants and name not in names:
+                names.append(name)
+    return names
+
+
+def float_tensors(model: onnx.ModelProto, names: list[str]) -> list[str]:
+    """Those of ``names`` that are float32 tensors of ``model`` (graph inputs or values with a known type)."""
+    types = {v.name: v.type.tensor_type.elem_type for v in (*model.graph.input, *model.graph.value_info)}
+    return [name for name in names if types.get(name) == onnx.TensorProto.FLOAT]
 
 
 def set_metadata(model: onnx.ModelProto, props: dict[str, str]) -> None:

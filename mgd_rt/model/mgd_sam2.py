@@ -14,6 +14,8 @@ from mgd_rt.model.variants import Variant, check_image_size
 from mgd_rt.model.views import make_views
 
 DECODER_DIM = 256
+# the attribute holding the DRM: its module path in traces and exported graphs (see MGDSAM2.refine)
+DRM_MODULE = "detail_enhance"
 
 
 class FeaturePyramid(FpnNeck):
@@ -68,7 +70,7 @@ class MGDSAM2(nn.Module):
         # scalp=1: the stride-32 level is dropped
         self.image_encoder = ImageEncoder(trunk=trunk, neck=neck, scalp=1)
         self.sam_mask_decoder = MGDMaskDecoder(DECODER_DIM)
-        self.detail_enhance = DetailRefinement(32)
+        self.detail_enhance = DetailRefinement(32)  # named DRM_MODULE
         self.pe_layer = PositionEmbeddingRandom(DECODER_DIM // 2)
         self.no_mask_embed = nn.Embedding(1, DECODER_DIM)
 

@@ -3,15 +3,20 @@
 Chosen with ``--backend openvino`` (an .onnx picks ONNX Runtime by itself). OpenVINO reads the
 ONNX graph directly and compiles it for this CPU; the compiled model goes to OpenVINO's model
 cache (``CACHE_DIR``), so the compilation happens once per graph and OpenVINO version (the CPU
-plugin caches the graph before the precision is applied: fp32 and bf16 share one file, and a
-bf16 load from it computes in bf16, tested). The cache folder is ``$MGD_RT_OPENVINO_CACHE``, else
+plugin caches a graph before the precision is applied; bf16 runs two graphs, below, cached on
+their own). The cache folder is ``$MGD_RT_OPENVINO_CACHE``, else
 ``$XDG_CACHE_HOME/mgd-rt/openvino`` (``~/.cache/mgd-rt/openvino``).
 
 Precision is always set explicitly, never left to OpenVINO's default (which is bf16 on CPUs
 with AVX-512 BF16 or AMX: a silent non-FP32 run):
 
 - an FP32 graph runs in f32 (``--dtype fp32`` or none) or bf16 (``--dtype bf16``, where the
-  CPU's ``OPTIMIZATION_CAPABILITIES`` list BF16; refused elsewhere);
+  CPU's ``OPTIMIZATION_CAPABILITIES`` list BF16; refused elsewhere). bf16 keeps the DRM in f32, as
+  PyTorch's autocast does (``MGDSAM2.refine``: whole-graph bf16 missed the bf16 tolerance on seeded
+  B+, top-10% IoU 0.60): OpenVINO applies one inference precision to a compiled model and ignores
+  per-node marks read from ONNX, so the graph is cut where the export's ``drm_inputs`` prop says the
+  DRM reads the rest of the network, and runs as two compiled models, the encoder and decoder in
+  bf16, then the DRM in f32 (a graph without the prop is refused for bf16: re-export it);
 - an INT8 Q/DQ graph runs its quantized layers in int8 and the layers it keeps in float in
   f32; an FP16 graph's weights are fp16 and are computed in f32 (x86 CPUs without AVX-512 FP16
   or AMX-FP16 have no fp16 arithmetic). ``--dtype`` must match such a graph's own precision.
@@ -29,7 +34,7 @@ from typing import TYPE_CHECKING, Any
 
 import numpy as np
 
-from mgd_rt.artifacts import cache_folder
+from mgd_rt.artifacts import DRM_INPUTS_KEY, cache_folder
 from mgd_rt.contract import INPUT_NAME, OUTPUT_NAME
 from mgd_rt.errors import MgdRtError, first_line
 from mgd_rt.runtime.backends.base import Backend
@@ -59,6 +64,50 @@ def _port_name(port: Any, contract_name: str) -> str:
     """The contract's name if ``port`` carries it among its tensor names, else any of them."""
     names = port.get_names()
     return contract_name if contract_name in names else port.get_any_name()
+
+
+def _tensor(graph: openvino.Model, name: str) -> Any:
+    """The output port of ``graph`` that carries tensor ``name``."""
+    for op in graph.get_ordered_ops():
+        for port in op.outputs():
+            if name in port.get_names():
+                return port
+    raise KeyError(name)
+
+
+def split_at(graph: openvino.Model, cut: list[str]) -> tuple[openvino.Model, openvino.Model]:
+    """``graph`` cut at the tensors named ``cut``: (head: the graph's inputs -> those tensors, tail: the
+    inputs it still reads + those tensors -> the graph's outputs). ``graph`` itself is left whole."""
+    import openvino as ov
+
+    head_graph, tail_graph = graph.clone(), graph.clone()
+    head = ov.Model([ov.opset13.result(_tensor(head_graph, name)) for name in cut], head_graph.get_parameters(),
+                    "head")
+    cut_inputs = []
+    for name in cut:
+        port = _tensor(tail_graph, name)
+        parameter = ov.opset13.parameter(port.get_partial_shape(), port.get_element_type(), name=name)
+        parameter.output(0).set_names({name})
+        port.replace(parameter.output(0))  # every reader of the tensor now reads the new input
+        cut_inputs.append(parameter)
+    results = list(tail_graph.get_results())
+    tail = ov.Model(results, _reached_parameters(results, tail_graph.get_parameters()) + cut_inputs, "tail")
+    return head, tail
+
+
+def _reached_parameters(results: list[Any], parameters: list[Any]) -> list[Any]:
+    """Those of ``parameters`` that ``results`` read, walking back through the graph."""
+    reached, seen, stack = set(), set(), list(results)
+    while stack:
+        node = stack.pop()
+        name = node.get_friendly_name()
+        if name in seen:
+            continue
+        seen.add(name)
+        if node.get_type_name() == "Parameter":
+            reached.add(name)
+        stack.extend(i.get_source_output().get_node() for i in node.inputs())
+    return [p for p in parameters if p.get_friendly_name() in reached]
 
 
 class OpenVINOBackend(Backend):
@@ -131,42 +180,82 @@ class OpenVINOBackend(Backend):
 
         self.threads = threads or os.cpu_count() or 1
         self.cache = cache_dir(cache)
-        config = {
-            "CACHE_DIR": str(self.cache),
-            "INFERENCE_PRECISION_HINT": self.compute,
-            "INFERENCE_NUM_THREADS": self.threads,
-            "PERFORMANCE_HINT": "LATENCY",  # one request at a time: all threads on each call
-        }
+        # the DRM's own compiled model under bf16 (None otherwise): the graph's tail from the cut, in f32
+        self.drm_inputs: list[str] = []
+        self.drm_compiled: Any = None
+        self.drm_request: Any = None
+        self.drm_reads_image = False
         t0 = time.perf_counter()
-        try:
-            self.compiled = core.compile_model(graph, "CPU", config)
-        except Exception as exc:
-            raise MgdRtError(f"{path}: OpenVINO cannot compile this graph for the CPU ({first_line(exc)})") \
-                from None
-        self.from_cache = bool(self.compiled.get_property("LOADED_FROM_CACHE"))
-        # what OpenVINO compiled for (an element type: f32, bf16): never another precision than asked, quietly
-        used = self.compiled.get_property("INFERENCE_PRECISION_HINT").get_type_name()
-        if used != self.compute:
-            raise MgdRtError(f"{path}: OpenVINO compiled it for {used}, not the {self.compute} asked for; "
-                             "this OpenVINO build does not honour INFERENCE_PRECISION_HINT here")
+        if self.precision == "bf16":
+            head, tail = self._split(graph, meta, path)
+            self.compiled = self._compile(core, head, "bf16", path)
+            self.drm_compiled = self._compile(core, tail, "f32", path)
+            self.drm_reads_image = any(INPUT_NAME in p.output(0).get_names() for p in tail.get_parameters())
+        else:
+            self.compiled = self._compile(core, graph, self.compute, path)
+        self.from_cache = all(bool(c.get_property("LOADED_FROM_CACHE"))
+                              for c in (self.compiled, self.drm_compiled) if c is not None)
         log.info("openvino: %s %s in %.2f s (cache %s)", "loaded" if self.from_cache else "compiled", path.name,
                  time.perf_counter() - t0, self.cache)
         self.device = f"CPU ({cpu})"
         self.version = ov.get_version()
         self.request = self.compiled.create_infer_request()
+        if self.drm_compiled is not None:
+            self.drm_request = self.drm_compiled.create_infer_request()
+
+    def _split(self, graph: openvino.Model, meta: dict[str, str], path: Path) -> tuple[openvino.Model, openvino.Model]:
+        """(encoder and decoder, the DRM) of ``graph``, cut where its drm_inputs prop says."""
+        self.drm_inputs = [name for name in meta.get(DRM_INPUTS_KEY, "").split(",") if name]
+        if not self.drm_inputs:
+            raise MgdRtError(f"--dtype bf16: {path.name} does not name the DRM's inputs (the {DRM_INPUTS_KEY} "
+                             "metadata prop mgd-rt export writes), where OpenVINO's bf16 run keeps the DRM in fp32; "
+                             "re-export the graph with this mgd-rt, or leave --dtype out for fp32")
+        try:
+            return split_at(graph, self.drm_inputs)
+        except KeyError as exc:
+            raise MgdRtError(f"{path}: its {DRM_INPUTS_KEY} prop names {exc}, which is no tensor of the graph; "
+                             "re-export it") from None
+
+    def _compile(self, core: openvino.Core, graph: openvino.Model, precision: str, path: Path) -> Any:
+        """``graph`` compiled for this CPU in ``precision`` (f32 or bf16), through the model cache."""
+        config = {
+            "CACHE_DIR": str(self.cache),
+            "INFERENCE_PRECISION_HINT": precision,
+            "INFERENCE_NUM_THREADS": self.threads,
+            "PERFORMANCE_HINT": "LATENCY",  # one request at a time: all threads on each call
+        }
+        try:
+            compiled = core.compile_model(graph, "CPU", config)
+        except Exception as exc:
+            raise MgdRtError(f"{path}: OpenVINO cannot compile this graph for the CPU ({first_line(exc)})") \
+                from None
+        # what OpenVINO compiled for (an element type: f32, bf16): never another precision than asked, quietly
+        used = compiled.get_property("INFERENCE_PRECISION_HINT").get_type_name()
+        if used != precision:
+            raise MgdRtError(f"{path}: OpenVINO compiled it for {used}, not the {precision} asked for; "
+                             "this OpenVINO build does not honour INFERENCE_PRECISION_HINT here")
+        return compiled
 
     def run_exact(self, batch: np.ndarray) -> np.ndarray:
         # share_inputs: the request reads the caller's contiguous array (float32, or uint8 pixels) without a copy
         self.request.infer({INPUT_NAME: batch}, share_inputs=True)
+        last = self.request
+        if self.drm_request is not None:  # the DRM reads the head's output tensors in place
+            feeds = {name: self.request.get_tensor(name) for name in self.drm_inputs}
+            if self.drm_reads_image:
+                feeds[INPUT_NAME] = batch
+            self.drm_request.infer(feeds, share_inputs=True)
+            last = self.drm_request
         # the request reuses its output buffer on the next call: copy it out
-        return np.array(self.request.get_tensor(OUTPUT_NAME).data, dtype=np.float32, copy=True)
+        return np.array(last.get_tensor(OUTPUT_NAME).data, dtype=np.float32, copy=True)
 
     def describe(self) -> str:
-        compute = f" (fp16 weights, computed in {self.compute})" if self.precision == "fp16" else ""
+        compute = {"fp16": f" (fp16 weights, computed in {self.compute})",
+                   "bf16": " (the DRM in fp32)"}.get(self.precision, "")
         source = "from the model cache" if self.from_cache else "compiled"
         return (f"{self.name} on {self.device}, {self.precision}{compute}; OpenVINO {self.version.split('-')[0]}, "
                 f"{self.threads} threads, {source}")
 
     def close(self) -> None:
-        self.request = None  # type: ignore[assignment]
-        self.compiled = None  # type: ignore[assignment]
+        self.request = self.drm_request = None  # type: ignore[assignment]
+        self.compiled = self.drm_compiled = None  # type: ignore[assignment]
