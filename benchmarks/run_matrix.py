@@ -59,6 +59,15 @@ def _ort_gpu() -> tuple[bool, str]:
     return gpu, f"onnxruntime {ort.__version__} has providers {', '.join(providers)}"
 
 
+def _names_its_drm(path: Path) -> bool:
+    """Whether the graph at ``path`` carries the drm_inputs prop (exports before it lack it)."""
+    import onnx
+
+    from mgd_rt.artifacts import DRM_INPUTS_KEY
+
+    return any(p.key == DRM_INPUTS_KEY for p in onnx.load(str(path), load_external_data=False).metadata_props)
+
+
 def _export(args: argparse.Namespace, weights: WeightSet, workdir: Path, fp16: bool, unavailable: list[dict],
             cpu_graph: bool = False) -> Path | None:
     """The FP32 master graph (and FP16 beside it), exported once into ``workdir`` and reused.
@@ -77,8 +86,10 @@ def _export(args: argparse.Namespace, weights: WeightSet, workdir: Path, fp16: b
     suffix = f".opset{opset}" if opset else ""
     path = workdir / f"mgd_sam2_{_slug(args.variant)}_{args.image_size}_{weights.tag}{suffix}.onnx"
     if path.is_file() and (not fp16 or fp16_path(path).is_file()):
-        log.info("reusing %s", path)
-        return path
+        if _names_its_drm(path):
+            log.info("reusing %s", path)
+            return path
+        log.info("re-exporting %s: it predates the drm_inputs prop (OpenVINO's bf16 rows need it)", path)
     t0 = time.perf_counter()
     try:
         export_onnx(weights.checkpoint, args.variant, args.image_size, output=path, fp16=fp16, verify_graph=False,
