@@ -13,8 +13,10 @@ with AVX-512 BF16 or AMX: a silent non-FP32 run):
 - an FP32 graph runs in f32 (``--dtype fp32`` or none) or bf16 (``--dtype bf16``, where the
   CPU's ``OPTIMIZATION_CAPABILITIES`` list BF16; refused elsewhere). bf16 keeps the DRM in f32, as
   PyTorch's autocast does (``MGDSAM2.refine``: whole-graph bf16 missed the bf16 tolerance on seeded
-  B+, top-10% IoU 0.60): OpenVINO applies one inference precision to a compiled model and ignores
-  per-node marks read from ONNX, so the graph is cut where the export's ``drm_inputs`` prop says the
+  B+, top-10% IoU 0.60): OpenVINO applies one inference precision to a compiled model; its Python
+  API sets no per-node precision (rt_info strings are ignored; the typed DisablePrecisionConversion
+  mark, written into an IR file, kept the DRM's convolutions in f32 but not its resizes), so the
+  graph is cut where the export's ``drm_inputs`` prop says the
   DRM reads the rest of the network, and runs as two compiled models, the encoder and decoder in
   bf16, then the DRM in f32 (a graph without the prop is refused for bf16: re-export it);
 - an INT8 Q/DQ graph runs its quantized layers in int8 and the layers it keeps in float in
