@@ -16,9 +16,9 @@ with AVX-512 BF16 or AMX: a silent non-FP32 run):
   B+, top-10% IoU 0.60): OpenVINO applies one inference precision to a compiled model; its Python
   API sets no per-node precision (rt_info strings are ignored; the typed DisablePrecisionConversion
   mark, written into an IR file, kept the DRM's convolutions in f32 but not its resizes), so the
-  graph is cut where the export's ``drm_inputs`` prop says the
-  DRM reads the rest of the network, and runs as two compiled models, the encoder and decoder in
-  bf16, then the DRM in f32 (a graph without the prop is refused for bf16: re-export it);
+  graph is cut where the export's ``drm_inputs`` prop says the DRM reads the rest of the network
+  and runs as two compiled models, the encoder and decoder in bf16, then the DRM in f32 (a graph
+  without the prop is refused for bf16: re-export it);
 - an INT8 Q/DQ graph runs its quantized layers in int8 and the layers it keeps in float in
   f32; an FP16 graph's weights are fp16 and are computed in f32 (x86 CPUs without AVX-512 FP16
   or AMX-FP16 have no fp16 arithmetic). ``--dtype`` must match such a graph's own precision.
