@@ -110,7 +110,7 @@ def test_drm_inputs_cut_the_graph_where_the_drm_starts(tiny_export):
 
     def convolutions(graph: onnx.GraphProto) -> dict[str, int]:
         """Conv nodes per top-level module their parameters are named after (the exporter's folded weights
-        lose the name; a bias or weight keeps it)"""
+        lose the name; a bias or weight keeps it)."""
         weights = {i.name for i in graph.initializer}
         found: dict[str, int] = {}
         for node in graph.node:
