@@ -35,6 +35,7 @@ HERE = Path(__file__).resolve().parent
 sys.path.insert(0, str(HERE.parent))  # the repository, so an uninstalled checkout runs too
 
 from mgd_rt.bench import Run, bench  # noqa: E402
+from mgd_rt.bench.report import computes  # noqa: E402
 from mgd_rt.errors import MgdRtError  # noqa: E402
 from mgd_rt.machine import cpu_info, default_device, load_average  # noqa: E402
 from mgd_rt.runtime.backends import BACKENDS  # noqa: E402
@@ -109,18 +110,22 @@ def _call(fn, *args, **kwargs):
 
 
 def _int8(fp32: Path, args: argparse.Namespace, unavailable: list[dict], calibrations: dict[str, dict],
-          target: str | None = None) -> Path | None:
+          target: str | None = None, openvino_bf16: bool = False) -> Path | None:
     """The INT8 Q/DQ graph a user gets from ``mgd-rt calibrate`` with its defaults (held-out check, and the
     accuracy recovery when that fails): given, cached (with its report), or made here (``target``: the
-    placement, None for calibrate's default). What the calibration said goes into ``calibrations``."""
-    name = "onnxruntime int8"
-    out = Path(args.int8) if args.int8 else fp32.with_name(fp32.stem + ".int8.onnx")
+    placement, None for calibrate's default). ``openvino_bf16``: checked and recovered where OpenVINO runs
+    it with bf16 float layers (``--backend openvino --dtype bf16``), its own file. What the calibration said
+    goes into ``calibrations``."""
+    name = "openvino int8+bf16" if openvino_bf16 else "onnxruntime int8"
+    given = args.int8 and not openvino_bf16
+    out = Path(args.int8) if given else fp32.with_name(fp32.stem + (".int8-openvino-bf16.onnx" if openvino_bf16
+                                                                    else ".int8.onnx"))
     report = out.with_suffix(".report.json")
     if out.is_file():
         log.info("using the INT8 graph %s", out)
         calibrations[out.name] = _calibration_summary(report, exit_code=None)
         return out
-    if args.int8:
+    if given:
         unavailable.append({"name": name, "reason": f"--int8 {args.int8}: no such file"})
         return None
     if importlib.util.find_spec("modelopt") is None and target != "cpu":
@@ -135,7 +140,8 @@ def _int8(fp32: Path, args: argparse.Namespace, unavailable: list[dict], calibra
     t0 = time.perf_counter()
     # scikit-image's calibration photos (calibrate's default set, none of them held out)
     argv = ["calibrate", str(fp32), "-o", str(out), "-n", str(args.calibration_photos),
-            *(["--target", target] if target else [])]
+            *(["--target", target] if target else []),
+            *(["--backend", "openvino", "--dtype", "bf16"] if openvino_bf16 else [])]
     log.info("mgd-rt %s", " ".join(argv))
     code = mgd_rt_main(argv)  # 0: the graph passes its held-out check (after recovery if that ran)
     if not out.is_file():
@@ -159,10 +165,14 @@ def _calibration_summary(report: Path, exit_code: int | None, seconds: float | N
             "recovered_share": recovery.get("fp32_share", 0.0) if recovery else 0.0}
 
 
-def _openvino(graphs: dict[str, Path], device: str, unavailable: list[dict]) -> list[Run]:
+def _openvino(graphs: dict[str, Path], device: str, unavailable: list[dict], args: argparse.Namespace,
+              calibrations: dict[str, dict]) -> list[Run]:
     """OpenVINO rows on the CPU: the FP32 graph in fp32 and bf16 (where OpenVINO lists BF16 for this CPU:
-    AVX-512 BF16 or AMX), and the INT8 Q/DQ graph, each where the backend, the CPU run and the graph exist."""
-    names = {"fp32": "openvino fp32", "bf16": "openvino bf16", "int8": "openvino int8"}
+    AVX-512 BF16 or AMX), the INT8 Q/DQ graph, and where bf16 exists an INT8 graph calibrated and checked
+    on OpenVINO with its float layers in bf16 (calibrate --backend openvino --dtype bf16), each where the
+    backend, the CPU run and the graph exist."""
+    names = {"fp32": "openvino fp32", "bf16": "openvino bf16", "int8": "openvino int8",
+             "int8+bf16": "openvino int8+bf16"}
     common = None
     if "openvino" not in BACKENDS:
         common = "no openvino backend in mgd_rt.runtime.backends.BACKENDS (rows: " + ", ".join(BACKENDS) + ")"
@@ -178,20 +188,27 @@ def _openvino(graphs: dict[str, Path], device: str, unavailable: list[dict]) -> 
     from mgd_rt.runtime.backends.openvino_backend import cpu_capabilities
 
     cpu, capabilities = cpu_capabilities(ov.Core())
+    no_bf16 = (f"this CPU ({cpu}) has no bf16 arithmetic for OpenVINO (needs AVX-512 BF16 or AMX; it lists "
+               f"{', '.join(capabilities)})")
     rows: list[Run] = []
     fp32, int8 = graphs.get("fp32"), graphs.get("int8")
     for precision in ("fp32", "bf16"):
         if fp32 is None:
             unavailable.append({"name": names[precision], "reason": "no FP32 ONNX graph (see above)"})
         elif precision == "bf16" and "BF16" not in capabilities:
-            unavailable.append({"name": names[precision], "reason": f"this CPU ({cpu}) has no bf16 arithmetic for "
-                                f"OpenVINO (needs AVX-512 BF16 or AMX; it lists {', '.join(capabilities)})"})
+            unavailable.append({"name": names[precision], "reason": no_bf16})
         else:
             rows.append(Run(str(fp32), "openvino", precision, fp32.name))
     if int8 is None:
         unavailable.append({"name": names["int8"], "reason": "no INT8 Q/DQ graph (see onnxruntime int8)"})
     else:
         rows.append(Run(str(int8), "openvino", None, int8.name))  # the graph's own precision
+    if fp32 is not None and "BF16" in capabilities:
+        checked = _int8(fp32, args, unavailable, calibrations, target="cpu", openvino_bf16=True)
+        if checked is not None:
+            rows.append(Run(str(checked), "openvino", "bf16", checked.name))
+    elif fp32 is not None:
+        unavailable.append({"name": names["int8+bf16"], "reason": no_bf16})
     return rows
 
 
@@ -350,7 +367,7 @@ def _models(args: argparse.Namespace, weights: WeightSet, device: str, workdir: 
                 graphs["int8"] = int8
     if run_ort:
         models.extend(graphs.values())
-    models.extend(_openvino(graphs, device, unavailable if first else []))
+    models.extend(_openvino(graphs, device, unavailable if first else [], args, calibrations))
     models.extend(_tensorrt(graphs, device, workdir, unavailable if first else []))
     if first:
         models.extend(_aoti(args, weights, device, workdir, unavailable, aoti_compile_s))
@@ -515,7 +532,7 @@ def fastest_within_tolerance(results: list[dict]) -> dict:
     for r in results:
         if r["status"] != "ok" or r.get("vs_torch_fp32") is None:
             continue
-        key = (_runs_on(r), r["precision"], r["batch"])
+        key = (_runs_on(r), computes(r["precision"], r.get("dtype")), r["batch"])
         entry = paths.setdefault(key, {"path": f"{key[0]} {key[1]} B={key[2]}", "weights": [], "passed": True,
                                        "worst_speedup": float("inf"), "worst_pooled_speedup": float("inf")})
         entry["weights"].append(r.get("weights", ""))
@@ -563,8 +580,9 @@ def summary_markdown(data: dict) -> str:
              "|---" * (13 + several) + "|\n"]
     for r in data["results"]:
         first = f"| {r.get('weights', '')} " if several else ""
+        precision = computes(r["precision"], r.get("dtype"))
         if r["status"] != "ok":
-            lines.append(f"{first}| {r['label']} | {_runs_on(r)} | {r['precision']} | {r['batch']} | "
+            lines.append(f"{first}| {r['label']} | {_runs_on(r)} | {precision} | {r['batch']} | "
                          f"not run: {r['error']} |||||||||\n")
             continue
         acc = r.get("accuracy") or {}
@@ -573,7 +591,7 @@ def summary_markdown(data: dict) -> str:
             return format(v, spec) if v is not None else "-"
 
         lines.append(
-            f"{first}| {r['label']} | {_runs_on(r)} | {r['precision']} | {r['batch']} | {r['latency_ms']['p50']:.1f} | "
+            f"{first}| {r['label']} | {_runs_on(r)} | {precision} | {r['batch']} | {r['latency_ms']['p50']:.1f} | "
             f"{r['latency_ms']['mean']:.1f} | {r['images_per_s']:.3f} | {f(r['vs_torch_fp32'], '.2f')} | "
             f"{f(None if r['peak_fraction'] is None else 100 * r['peak_fraction'], '.2f')} | "
             f"{f(acc.get('max_rel_std'), '.1e')} | {f(acc.get('sigmoid_mae'), '.1e')} | "

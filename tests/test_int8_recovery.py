@@ -165,6 +165,66 @@ def test_forced_recovery_reaches_a_stricter_target(calibrated, tmp_path):
     assert all(s["restored"] for s in steps)
 
 
+def _openvino_check() -> tuple[object, str]:
+    """(the CheckBackend on OpenVINO, in bf16 where this CPU has it, else f32; its float precision)."""
+    pytest.importorskip("openvino", reason="openvino is not installed (pip install -e '.[openvino]')")
+    import openvino as ov
+
+    from mgd_rt.calibration.check_backend import CheckBackend
+
+    bf16 = "BF16" in ov.Core().get_property("CPU", "OPTIMIZATION_CAPABILITIES")
+    return CheckBackend("openvino", "bf16" if bf16 else None), "bf16" if bf16 else "f32"
+
+
+def test_forced_recovery_on_openvino(calibrated, tmp_path):
+    """The check and every step on OpenVINO (bf16 float layers where the CPU has them: the INT8 graph as
+    `infer --backend openvino --dtype bf16` runs it). The target lies halfway between the INT8 graph's worst
+    image there and what the FP32 graph itself gives there (restoring every node reaches it by construction);
+    the written graph passes its own check on OpenVINO. The sweep ranks on ONNX Runtime."""
+    check_on, floats = _openvino_check()
+    run = calibrated(0)
+    fp32, int8 = run["fp32"], tmp_path / "tiny.int8.onnx"
+    shutil.copyfile(run["int8"], int8)
+    measured = accuracy_report(fp32, int8, check_on=check_on)
+    assert measured.check_on == check_on and measured.backend.startswith("openvino on CPU (")
+    assert f"int8 (float layers in {floats}" in measured.backend and measured.runtime["backend"] == measured.backend
+    assert measured.as_dict()["backend"] == measured.backend and measured.lines()[0].count("openvino on CPU") == 1
+    runner = check_on.open(fp32)  # the FP32 graph on the same backend and precision: the best recovery can do
+    ceiling = min(compare_logits(ref[None], runner.infer(x[None]), measured.tolerance).iou_top10
+                  for x, ref in zip(measured.inputs, measured.references, strict=True))
+    worst = measured.worst["iou_top10"]
+    assert ceiling - worst > 2e-4, (worst, ceiling)
+    tol = target_tolerance(round(worst + (ceiling - worst) / 2, 4))
+    initial = accuracy_report(fp32, int8, tolerance=tol, reuse=measured, runtime=False, check_on=check_on)
+    assert not initial.passed
+    with pytest.raises(ValueError, match="initial was checked on OpenVINO CPU"):
+        recover_accuracy(fp32, int8, initial=initial)  # steps on ONNX Runtime would judge another runtime
+    result = recover_accuracy(fp32, int8, initial=initial, budget=RecoveryBudget(steps=10, fp32=1.0), group_size=24,
+                              check_on=check_on)
+    assert result.passed and result.written, "\n".join(result.lines())
+    assert result.final.check_on == check_on and result.final.backend.startswith("openvino on CPU (")
+    check = accuracy_report(fp32, int8, tolerance=tol, reuse=measured, runtime=False, check_on=check_on)
+    assert check.passed and check.worst["iou_top10"] >= tol.iou_top10
+    assert read_metadata(onnx.load(str(int8), load_external_data=False))["int8_recovered_nodes"].split(",") \
+        == result.restored
+
+
+def test_cli_checks_on_openvino(fp32_graph, cache_env):
+    """`mgd-rt calibrate --backend openvino [--dtype bf16] --time 1`: the report says what ran the check, and
+    FP32 was timed on OpenVINO too."""
+    check_on, floats = _openvino_check()
+    fp32 = fp32_graph("fixture")
+    dtype = ["--dtype", "bf16"] if check_on.dtype else []
+    code, out = _cli(["calibrate", str(fp32), "-n", "2", "--holdout-n", "2", "--backend", "openvino", *dtype,
+                      "--time", "1", "--no-recover"])
+    data = json.loads(fp32.with_name("tiny.int8.report.json").read_text())
+    assert code == (0 if data["passed"] else 1)
+    assert data["backend"].startswith("openvino on CPU (") and f"int8 (float layers in {floats}" in data["backend"]
+    assert data["runtime"]["backend"] == data["backend"] and "session_config" not in data["runtime"]
+    assert data["speed"]["fp32_ms"] > 0 and data["speed"]["int8_ms"] > 0
+    assert f"ran on: {data['runtime']['cpu']} ({data['runtime']['isa']}), openvino on CPU" in out
+
+
 def test_budget_runs_out(fp32_graph, cache_env):
     """A target FP32 alone meets and a budget of one step and half the compute: exit code 1, the last
     line names the budget and the worst image, the graph stays as calibrated, nothing half-written."""
@@ -207,6 +267,8 @@ def test_no_recover(fp32_graph, cache_env):
     (["--recover-budget", "speedup=1.2"], "speedup=1.2 needs timing: add --time RUNS"),
     (["--no-report", "--target-accuracy", "0.98"], "drop --no-report"),
     (["--recover-group", "0"], "--recover-group 0"),
+    (["--dtype", "bf16"], "--dtype bf16: the check on onnxruntime runs the INT8 graph's float layers in fp32 only; "
+                          "--backend openvino --dtype bf16 runs them in bf16"),
 ])
 def test_flag_errors_before_calibrating(toy_onnx, tmp_path, capsys, flags, message):
     from mgd_rt.cli import main

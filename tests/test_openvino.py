@@ -112,11 +112,11 @@ def test_pixel_input_graph(tmp_path):
 def test_refusals_by_text(tmp_path):
     int8 = make_toy_onnx(tmp_path / "toy.int8.onnx", precision="int8")
     fp16 = make_toy_onnx(tmp_path / "toy.fp16.onnx", precision="fp16")
-    with pytest.raises(MgdRtError, match=r"--dtype bf16: toy\.int8\.onnx is a int8 graph; pass the FP32 graph "
-                                         r"for --dtype bf16, or leave --dtype out"):
-        load_backend(int8, "openvino", dtype="bf16")
-    with pytest.raises(MgdRtError, match=r"--dtype fp32: toy\.fp16\.onnx is a fp16 graph; export a fp32 graph "
-                                         r"and pass that file, or leave --dtype out"):
+    with pytest.raises(MgdRtError, match=r"--dtype fp32: toy\.int8\.onnx is a int8 graph; pass the FP32 graph "
+                                         r"for --dtype fp32, or leave --dtype out"):
+        load_backend(int8, "openvino", dtype="fp32")
+    with pytest.raises(MgdRtError, match=r"--dtype fp32: toy\.fp16\.onnx is a fp16 graph; pass the FP32 graph "
+                                         r"for --dtype fp32, or leave --dtype out"):
         load_backend(fp16, "openvino", dtype="fp32")
     with pytest.raises(MgdRtError, match=r"--dtype int8: toy\.onnx is a fp32 graph; make an INT8 graph with "
                                          r"mgd-rt calibrate and pass that file"):
@@ -258,10 +258,37 @@ def tiny_int8(tiny_fp32, tmp_path_factory) -> Path:
 def test_int8_graph(tiny_int8, image, ort_fp32):
     with load_backend(tiny_int8, "openvino", dtype="int8") as backend:
         assert backend.precision == "int8" and backend.compute == "f32"
+        assert "int8 (float layers in f32);" in backend.describe() and backend.drm_compiled is None
         out = backend.infer(image)
     result = compare_logits(ort_fp32, out, "int8")
     assert result, result.row()  # measured (12 photos): sigmoid MAE 2.5e-4, IoU top10% 0.988
     assert result.max_rel_std > 1e-3  # the Q/DQ pairs were not dropped: FP32 would differ by 1e-5
+
+
+@needs_openvino
+def test_int8_graph_bf16(tiny_int8, image, ort_fp32):
+    """--dtype bf16 on an INT8 graph: its float layers in bf16, cut at the DRM like an FP32 graph's, the
+    DRM (which calibration leaves in float) in f32; the quantized layers stay int8."""
+    name, capabilities = _capabilities()
+    if "BF16" not in capabilities:
+        pytest.skip(f"this CPU ({name}) has no BF16 in OpenVINO's OPTIMIZATION_CAPABILITIES (needs AVX-512 BF16 "
+                    "or AMX)")
+    with load_backend(tiny_int8, "openvino", dtype="int8") as f32_floats:
+        int8_f32 = f32_floats.infer(image)
+    with load_backend(tiny_int8, "openvino", dtype="bf16") as backend:
+        assert backend.precision == "int8" and backend.compute == "bf16" and backend.drm_reads_image
+        assert "int8 (float layers in bf16, the DRM in fp32);" in backend.describe()
+        assert backend.compiled.get_property("INFERENCE_PRECISION_HINT").get_type_name() == "bf16"
+        runtime = [(op.get_rt_info()["layerType"].astype(str), op.get_rt_info()["runtimePrecision"].astype(str))
+                   for op in backend.compiled.get_runtime_model().get_ops()]
+        assert {p for t, p in runtime if t in ("Convolution", "FullyConnected")} >= {"i8", "bf16"}, runtime
+        drm = {op.get_rt_info()["runtimePrecision"].astype(str) for op in backend.drm_compiled.get_runtime_model()
+               .get_ops() if op.get_rt_info()["layerType"].astype(str) == "Convolution"}
+        assert drm == {"f32"}
+        out = backend.infer(image)
+    result = compare_logits(ort_fp32, out, "int8")
+    assert result, result.row()
+    assert np.abs(out - int8_f32).max() > 1e-3  # bf16 really ran on the float layers
 
 
 @needs_openvino

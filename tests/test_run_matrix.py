@@ -66,3 +66,20 @@ def test_pooled_baseline_evens_out_a_noisy_eager_run(run_matrix):
                _row("a", "onnxruntime", "int8", 2.5, seconds=0.4), _row("b", "onnxruntime", "int8", 1.25, seconds=0.4)]
     best = run_matrix.fastest_within_tolerance(results)["best"]
     assert best["worst_speedup"] == 1.25 and best["worst_pooled_speedup"] == pytest.approx(1.875)
+
+
+def test_int8_with_bf16_float_layers_is_its_own_path(run_matrix):
+    """OpenVINO's INT8 graph with --dtype bf16 reports precision int8 but is another path than the same
+    backend's plain INT8 row: one failing must not hide (or lend its pass to) the other."""
+    sets = ("a", "b")
+    results = [_row(w, "torch", "fp32", 1.0) for w in sets]
+    results += [_row(w, "openvino", "int8", 2.7) for w in sets]
+    results += [{**_row(w, "openvino", "int8", 3.4, passed=w == "a"), "dtype": "bf16"} for w in sets]
+    found = run_matrix.fastest_within_tolerance(results)
+    paths = sorted(p["path"] for p in found["paths"])
+    assert paths == ["openvino int8 B=1", "openvino int8+bf16 B=1", "torch fp32 B=1"]
+    assert found["best"]["path"] == "openvino int8 B=1" and found["best"]["worst_speedup"] == 2.7
+    from mgd_rt.bench.report import computes
+
+    assert computes("int8", "bf16") == "int8+bf16" and computes("bf16", "bf16") == "bf16"
+    assert computes("int8", None) == "int8" and computes("fp32", "fp32") == "fp32"

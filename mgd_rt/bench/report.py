@@ -14,6 +14,11 @@ import numpy as np
 SCHEMA = "mgd-rt-bench/1"
 
 
+def computes(precision: str, dtype: str | None) -> str:
+    """``precision``, or ``precision+dtype`` where the --dtype asked for is not the artifact's own."""
+    return f"{precision}+{dtype}" if dtype and precision and dtype != precision else precision
+
+
 @dataclass
 class BenchResult:
     """One model x precision x batch size. Times in seconds (raw) and milliseconds (summary)."""
@@ -24,6 +29,9 @@ class BenchResult:
     backend: str = ""
     device: str = ""
     precision: str = ""
+    # the --dtype asked for (None: the artifact's own); differs from precision where a backend computes an
+    # artifact's float layers in another precision (OpenVINO: an INT8 graph with --dtype bf16)
+    dtype: str | None = None
     variant: str = ""
     image_size: int = 0
     trained: bool | None = None
@@ -55,6 +63,11 @@ class BenchResult:
     def runs_on(self) -> str:
         """The backend, with the torch.compile mode of a compiled result: ``torch+max-autotune``."""
         return f"{self.backend}+{self.compile}" if self.compile else self.backend
+
+    @property
+    def computes(self) -> str:
+        """The precision, with the float layers' own where the backend was asked for another: ``int8+bf16``."""
+        return computes(self.precision, self.dtype)
 
     def summarise(self) -> None:
         """Fill latency_ms and images_per_s from the raw timings."""
@@ -106,7 +119,7 @@ class BenchReport:
         lines = [head, "-" * len(head)]
         for r in self.results:
             if r.status != "ok":
-                lines.append(f"{r.label[:30]:<30} {r.runs_on:<{bw}} {r.precision:<5} {r.batch:>3} "
+                lines.append(f"{r.label[:30]:<30} {r.runs_on:<{bw}} {r.computes:<5} {r.batch:>3} "
                              f"not run: {r.error}")
                 continue
             lat = r.latency_ms
@@ -118,7 +131,7 @@ class BenchReport:
 
             verdict = "-" if not acc else ("ok" if acc.get("passed") else "FAIL")
             lines.append(
-                f"{r.label[:30]:<30} {r.runs_on:<{bw}} {r.precision:<5} {r.batch:>3} {lat['p50']:>9.1f} "
+                f"{r.label[:30]:<30} {r.runs_on:<{bw}} {r.computes:<5} {r.batch:>3} {lat['p50']:>9.1f} "
                 f"{lat['p90']:>9.1f} {lat['p99']:>9.1f} {lat['mean']:>9.1f} {r.images_per_s:>8.3f} "
                 f"{f(r.vs_torch_fp32, '6.2f'):>6} {r.memory.get('host_peak_rss_mb', 0):>7.0f} {f(gpu, '7.0f'):>7} "
                 f"{f(None if r.peak_fraction is None else 100 * r.peak_fraction, '6.2f'):>6} "

@@ -155,7 +155,7 @@ class _Session:
 
             batch = to_pixels(batch, backend.mean, backend.std)  # (B, S, S, 3) uint8, as its clients send
         result = BenchResult(run.model, run.label, b, backend=backend.name, device=backend.device,
-                             precision=backend.precision, variant=backend.variant, image_size=size,
+                             precision=backend.precision, dtype=run.dtype, variant=backend.variant, image_size=size,
                              trained=backend.trained, load_s=loaded.load_s, inputs=[n for n, _ in chosen],
                              compile=run.compile)
         # the FLOPs count and an earlier batch's reference pass must not count as this run's memory

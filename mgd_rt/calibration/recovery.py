@@ -46,12 +46,11 @@ from pathlib import Path
 import numpy as np
 
 from mgd_rt.artifacts import check_output_path
-from mgd_rt.calibration.report import AccuracyReport, accuracy_report, best_ms, describe_tolerance
+from mgd_rt.calibration.check_backend import CheckBackend
+from mgd_rt.calibration.report import AccuracyReport, accuracy_report, describe_tolerance
 from mgd_rt.calibration.sensitivity import restore_fp32
-from mgd_rt.contract import INPUT_NAME, OUTPUT_NAME
 from mgd_rt.errors import MgdRtError
 from mgd_rt.numerics import TOLERANCES, Comparison, Tolerance, compare_logits
-from mgd_rt.runtime.backends.onnxruntime_backend import ort_session
 
 log = logging.getLogger("mgd_rt")
 
@@ -241,17 +240,17 @@ def _evaluate(
     references: np.ndarray,
     names: list[str],
     tol: Tolerance,
-    threads: int | None,
+    check_on: CheckBackend,
     timing_runs: int = 0,
 ) -> tuple[list[Comparison], float | None]:
-    """Per-image comparisons of the serialized graph ``data`` on ``inputs`` (N, 3, S, S) against
-    ``references`` (N, 1, S, S), and its best latency (batch 1) when ``timing_runs`` > 0."""
-    session = ort_session(data, threads, log_severity=3)
+    """Per-image comparisons of the serialized graph ``data``, run on ``check_on``, on ``inputs`` (N, 3, S, S)
+    against ``references`` (N, 1, S, S), and its best latency (batch 1) when ``timing_runs`` > 0."""
+    runner = check_on.open(data)
     comparisons = []
     for name, x, ref in zip(names, inputs, references, strict=True):
-        out = session.run([OUTPUT_NAME], {INPUT_NAME: x[None]})[0]  # (1, 1, S, S)
+        out = runner.infer(x[None])  # (1, 1, S, S)
         comparisons.append(compare_logits(ref[None], out, tol, name=name))
-    ms = best_ms(session, inputs[:1], timing_runs) if timing_runs else None
+    ms = runner.best_ms(inputs[:1], timing_runs) if timing_runs else None
     return comparisons, ms
 
 
@@ -427,6 +426,7 @@ def recover_accuracy(
     timing_runs: int = 0,
     threads: int | None = None,
     output: str | Path | None = None,
+    check_on: CheckBackend | None = None,
 ) -> RecoveryResult:
     """Put quantized node groups of ``int8_path`` back in FP32 until the held-out images pass ``tolerance``.
 
@@ -436,7 +436,11 @@ def recover_accuracy(
     ``timing_runs`` > 0 times every step (batch 1, best of that many runs); a ``budget.speedup``
     needs it. ``output``: where the recovered graph goes (default: over ``int8_path``), written
     (atomically) only when a step passes; on FAIL ``int8_path`` stays as calibrated. Returns the
-    RecoveryResult; its ``final`` is the held-out check of the graph as written.
+    RecoveryResult; its ``final`` is the held-out check of the graph as written. ``check_on``: where each
+    step's check runs the graph (default: ONNX Runtime's CPU kernels with ``threads``; ``initial`` must have
+    been made there); the sweep ranks groups on ONNX Runtime's CPU kernels whatever the backend: which
+    layers' quantization costs accuracy is the graph's, and one ONNX Runtime session per group costs a
+    fraction of an OpenVINO compilation.
     """
     import onnx
 
@@ -449,13 +453,16 @@ def recover_accuracy(
         raise MgdRtError(f"--recover-budget speedup={budget.speedup:g} needs timing: add --time RUNS (e.g. --time 3)")
     if group_size < 1:
         raise MgdRtError(f"group size {group_size}: restore at least one node per step")
+    check_on = check_on or CheckBackend(threads=threads)
     if initial is None:
         initial = accuracy_report(fp32_path, int8_path, images=images, num_images=num_images,
-                                  calibration_images=calibration_images, timing_runs=timing_runs, threads=threads,
-                                  tolerance=tolerance, runtime=False)
+                                  calibration_images=calibration_images, timing_runs=timing_runs,
+                                  tolerance=tolerance, runtime=False, check_on=check_on)
     tol = tolerance or initial.tolerance
     if initial.inputs is None or initial.references is None:
         raise ValueError("initial: an AccuracyReport made by accuracy_report (held-out inputs and FP32 logits)")
+    if initial.check_on != check_on:
+        raise ValueError(f"initial was checked on {initial.check_on}, not {check_on}: pass check_on to accuracy_report")
     if vars(initial.tolerance) != vars(tol):
         raise ValueError(f"initial was checked against {initial.tolerance}, not {tol}: "
                          "pass the tolerance to accuracy_report")
@@ -485,13 +492,14 @@ def recover_accuracy(
     log.info("accuracy recovery: %d failing image(s) (%s), distance from FP32 %.3f; sweeping %d groups of <= %d of "
              "%d quantized nodes", len(failing), ", ".join(result.failing),
              distance([initial.comparisons[i] for i in failing], tol), len(groups), group_size, len(units))
+    sweep_on = CheckBackend(threads=check_on.threads)
     first = 0
     for k, group in enumerate(groups):
         t0 = time.perf_counter()
         members = set(group)
         others = [n for n in units if n not in members]
         data = _candidate(int8_model, fp32_model, others).SerializeToString()
-        comparisons, _ = _evaluate(data, inputs[failing], references[failing], result.failing, tol, threads)
+        comparisons, _ = _evaluate(data, inputs[failing], references[failing], result.failing, tol, sweep_on)
         share = sum(costs[n] for n in group) / total
         result.candidates.append(Candidate(first, group, _op_counts(int8_model, group), share,
                                            distance(comparisons, tol)))
@@ -512,13 +520,13 @@ def recover_accuracy(
     # budget passes), then bisect for the fewest groups that pass; each check is one step
     fp32_ms = initial.fp32_ms
     if timing_runs and fp32_ms is None:
-        fp32_ms = best_ms(ort_session(str(fp32_path), threads, log_severity=3), inputs[:1], timing_runs)
+        fp32_ms = check_on.open(fp32_path, reference=True).best_ms(inputs[:1], timing_runs)
     models = {}
 
     def check(count: int) -> Step:
         t0 = time.perf_counter()
         model = _candidate(int8_model, fp32_model, [n for g in allowed[:count] for n in g.nodes])
-        comparisons, ms = _evaluate(model.SerializeToString(), inputs, references, names, tol, threads, timing_runs)
+        comparisons, ms = _evaluate(model.SerializeToString(), inputs, references, names, tol, check_on, timing_runs)
         step = Step(len(result.steps) + 1, count, allowed[:count], comparisons, distance(comparisons, tol),
                     int8_ms=ms, speedup=fp32_ms / ms if ms and fp32_ms else None)
         result.steps.append(step)
@@ -578,7 +586,7 @@ def recover_accuracy(
             result.written = True
             # the verdict is the written file's own check, on the same images and FP32 logits
             result.final = accuracy_report(fp32_path, output, tolerance=tol, timing_runs=timing_runs,
-                                           threads=threads, reuse=initial)
+                                           reuse=initial, check_on=check_on)
             if not result.final.passed:
                 result.reason = "the written graph's own check failed"
     result.seconds = time.perf_counter() - start

@@ -9,7 +9,6 @@ from __future__ import annotations
 
 import logging
 import os
-import time
 from dataclasses import dataclass, field
 from pathlib import Path
 
@@ -17,10 +16,10 @@ import numpy as np
 
 from mgd_rt.artifacts import write_json_atomic
 from mgd_rt.calibration import data as calib_data
-from mgd_rt.contract import IMAGENET_MEAN, IMAGENET_STD, INPUT_NAME, OUTPUT_NAME
+from mgd_rt.calibration.check_backend import CheckBackend
+from mgd_rt.contract import IMAGENET_MEAN, IMAGENET_STD
 from mgd_rt.errors import MgdRtError
 from mgd_rt.numerics import TOLERANCES, Comparison, Tolerance, compare_logits
-from mgd_rt.runtime.backends.onnxruntime_backend import ort_session
 from mgd_rt.runtime.samples import HOLDOUT_PHOTOS
 
 log = logging.getLogger("mgd_rt")
@@ -109,8 +108,18 @@ def runtime_facts(session, model: str | Path | bytes) -> dict:
     }
 
 
+def openvino_facts(description: str) -> dict:
+    """What OpenVINO ran an INT8 graph with: CPU, ISA class, and the backend's own description."""
+    from mgd_rt.machine import cpu_info
+
+    cpu = cpu_info()
+    return {"cpu": cpu["model"], "isa": cpu_isa(cpu["flags"]), "cpu_flags": cpu["flags"], "backend": description}
+
+
 def runtime_line(facts: dict) -> str:
     """One line for the printed report: ISA, the precision setting, and the integer kernels used."""
+    if "onnxruntime" not in facts:
+        return f"ran on: {facts['cpu']} ({facts['isa']}), {facts['backend']}"
     ops = facts["optimized_ops"]
     integer = ", ".join(f"{op} x{n}" for op, n in ops.items()
                         if op in INTEGER_OPS) or "no integer kernels"
@@ -122,7 +131,8 @@ def runtime_line(facts: dict) -> str:
 
 @dataclass
 class AccuracyReport:
-    """INT8 against FP32 per held-out image (ORT CPU); truthy when all are within TOLERANCES['int8']."""
+    """INT8 against FP32 per held-out image, run on ``check_on`` (ONNX Runtime or OpenVINO, CPU); truthy when
+    all are within ``tolerance`` (TOLERANCES['int8'])."""
 
     fp32: str
     int8: str
@@ -133,7 +143,9 @@ class AccuracyReport:
     int8_ms: float | None = None
     threads: int | None = None
     tolerance: Tolerance = field(default_factory=lambda: TOLERANCES["int8"])
-    runtime: dict | None = None  # runtime_facts of the INT8 session
+    runtime: dict | None = None  # runtime_facts (or openvino_facts) of the INT8 run
+    check_on: CheckBackend = field(default_factory=CheckBackend)  # where the INT8 graph ran
+    backend: str = "ONNX Runtime CPU"  # and that runtime's own words for it
     # the held-out inputs (N, 3, S, S) and FP32 logits (N, 1, S, S), kept for accuracy recovery (not saved)
     inputs: np.ndarray | None = field(default=None, repr=False)
     references: np.ndarray | None = field(default=None, repr=False)
@@ -161,7 +173,7 @@ class AccuracyReport:
         return self.fp32_ms / self.int8_ms if self.fp32_ms and self.int8_ms else None
 
     def lines(self) -> list[str]:
-        out = [f"INT8 {self.int8} vs FP32 {self.fp32} on {len(self.images)} held-out images, ONNX Runtime CPU "
+        out = [f"INT8 {self.int8} vs FP32 {self.fp32} on {len(self.images)} held-out images, {self.backend} "
                f"(tolerance: {describe_tolerance(self.tolerance)})"]
         out += [c.row() for c in self.comparisons]
         w = self.worst
@@ -183,7 +195,7 @@ class AccuracyReport:
             "comparisons": [c.as_dict() for c in self.comparisons],
             "speed": {"fp32_ms": self.fp32_ms, "int8_ms": self.int8_ms, "speedup": self.speedup,
                       "threads": self.threads, "cpu_count": os.cpu_count()},
-            "runtime": self.runtime,
+            "backend": self.backend, "runtime": self.runtime,
         }
 
     def save(self, path: str | Path) -> Path:
@@ -203,16 +215,6 @@ def describe_tolerance(tol: Tolerance) -> str:
     return ", ".join(parts) or "none"
 
 
-def best_ms(sess, x: np.ndarray, runs: int) -> float:
-    sess.run([OUTPUT_NAME], {INPUT_NAME: x})  # warm-up: first run allocates and packs weights
-    times = []
-    for _ in range(runs):
-        t0 = time.perf_counter()
-        sess.run([OUTPUT_NAME], {INPUT_NAME: x})
-        times.append(time.perf_counter() - t0)
-    return 1000 * min(times)
-
-
 def accuracy_report(
     fp32_path: str | Path,
     int8_path: str | Path,
@@ -224,6 +226,7 @@ def accuracy_report(
     tolerance: Tolerance | None = None,
     runtime: bool = True,
     reuse: AccuracyReport | None = None,
+    check_on: CheckBackend | None = None,
 ) -> AccuracyReport:
     """Compare ``int8_path`` with ``fp32_path`` on held-out images, one (1, 3, S, S) at a time.
 
@@ -234,7 +237,8 @@ def accuracy_report(
     session of the INT8 graph, to read ONNX Runtime's optimized graph). ``reuse``: an earlier
     report on the same FP32 graph whose held-out inputs, FP32 logits and FP32 latency are taken
     as they are (``images`` and ``num_images`` are then ignored): another INT8 graph, checked on
-    exactly the same images without running FP32 again.
+    exactly the same images without running FP32 again. ``check_on``: where the INT8 graph runs (default:
+    ONNX Runtime's CPU kernels with ``threads``); the FP32 logits are ONNX Runtime's either way.
     """
     import onnx
 
@@ -260,29 +264,31 @@ def accuracy_report(
             exclude = calib_data.content_hashes(calibration_images) if calibration_images else None
             held = calib_data.prepare(images, num_images, size, mean, std, exclude=exclude)
         names, inputs, references = held.names, held.tensors, None
-    # CPU, full graph optimisation (what the runtime uses), ONNX Runtime's errors only
-    candidate = ort_session(int8_path, threads, log_severity=3)
-    reference = ort_session(fp32_path, threads, log_severity=3) if references is None else None
+    check_on = check_on or CheckBackend(threads=threads)
+    candidate = check_on.open(int8_path)
+    reference = CheckBackend(threads=check_on.threads).open(fp32_path) if references is None else None
     tolerance = tolerance or TOLERANCES["int8"]
-    report = AccuracyReport(str(fp32_path), str(int8_path), meta, list(names), threads=threads or os.cpu_count(),
-                            tolerance=tolerance, inputs=inputs)
+    report = AccuracyReport(str(fp32_path), str(int8_path), meta, list(names),
+                            threads=check_on.threads or os.cpu_count(), tolerance=tolerance, inputs=inputs,
+                            check_on=check_on, backend=candidate.description)
     refs = []
     for k, (name, x) in enumerate(zip(names, inputs, strict=True)):
         x = x[None]  # (3, S, S) -> (1, 3, S, S)
-        ref = reference.run([OUTPUT_NAME], {INPUT_NAME: x})[0] if reference is not None else references[k][None]
-        out = candidate.run([OUTPUT_NAME], {INPUT_NAME: x})[0]
+        ref = reference.infer(x) if reference is not None else references[k][None]
+        out = candidate.infer(x)
         refs.append(ref[0])  # (1, S, S)
         report.comparisons.append(compare_logits(ref, out, tolerance, name=name))
         log.debug("  %s", report.comparisons[-1].row())
     report.references = np.stack(refs)  # (N, 1, S, S) float32
     if runtime:
-        report.runtime = runtime_facts(candidate, int8_path)
+        report.runtime = (runtime_facts(candidate.session, int8_path) if candidate.session is not None
+                          else openvino_facts(candidate.description))
     if timing_runs:
         x = inputs[:1]
         if reuse is not None and reuse.fp32_ms is not None:
             report.fp32_ms = reuse.fp32_ms  # measured earlier in the same process
         else:
-            fp32 = reference if reference is not None else ort_session(fp32_path, threads, log_severity=3)
-            report.fp32_ms = best_ms(fp32, x, timing_runs)
-        report.int8_ms = best_ms(candidate, x, timing_runs)
+            same = reference is not None and check_on.backend == "onnxruntime"  # FP32 is timed where INT8 runs
+            report.fp32_ms = (reference if same else check_on.open(fp32_path, reference=True)).best_ms(x, timing_runs)
+        report.int8_ms = candidate.best_ms(x, timing_runs)
     return report

@@ -13,13 +13,15 @@ import json
 import time
 from pathlib import Path
 
+from mgd_rt.calibration.check_backend import CHECK_BACKENDS
 from mgd_rt.cli.options import add_calibration_options, calibration_options
 from mgd_rt.errors import MgdRtError
 
 DESCRIPTION = (
     "Quantize an FP32 graph from mgd-rt export to INT8 (explicit QuantizeLinear/DequantizeLinear, "
     "per-channel weights) with NVIDIA ModelOpt, calibrated on images pre-processed exactly as the "
-    "runtime does; then compare INT8 with FP32 on held-out images (ONNX Runtime, CPU). If an image "
+    "runtime does; then compare INT8 with FP32 on held-out images where it will run (ONNX Runtime or "
+    "OpenVINO, CPU). If an image "
     "is outside TOLERANCES['int8'] (or --target-accuracy), put the layers that cost accuracy back in "
     "FP32, most accuracy per compute first, until all pass or --recover-budget runs out. Prints the "
     "report (every step) and saves it as JSON. Exit code 0 only when the graph written passes."
@@ -38,6 +40,13 @@ def add_calibrate_arguments(parser: argparse.ArgumentParser) -> None:
     report.add_argument("--report", metavar="JSON", help="report file (default: <output>.report.json)")
     report.add_argument("--no-report", dest="make_report", action="store_false",
                         help="skip the report (and so the accuracy recovery)")
+    report.add_argument("--backend", choices=CHECK_BACKENDS, default="onnxruntime",
+                        help="where the check (and each recovery step) runs the INT8 graph: the backend that "
+                        "will run it (default: onnxruntime; openvino: pip install 'mgd-rt[openvino]')")
+    report.add_argument("--dtype", choices=["bf16"], default=None,
+                        help="with --backend openvino: the layers left in float computed in bf16, the DRM in "
+                        "fp32, as mgd-rt infer --backend openvino --dtype bf16 runs the INT8 graph "
+                        "(CPUs with AVX-512 BF16 or AMX)")
     report.add_argument("--time", type=int, default=0, metavar="RUNS",
                         help="also time FP32 and INT8, and every recovery step (batch 1, best of RUNS)")
     recovery = parser.add_argument_group("accuracy recovery")
@@ -65,6 +74,7 @@ def register(subparsers: argparse._SubParsersAction) -> None:
 
 def run(args: argparse.Namespace) -> int:
     from mgd_rt.calibration import accuracy_report, calibrate
+    from mgd_rt.calibration.check_backend import CheckBackend
     from mgd_rt.calibration.recovery import (
         RecoveryBudget,
         describe_image,
@@ -82,6 +92,7 @@ def run(args: argparse.Namespace) -> int:
         raise MgdRtError("--target-accuracy and --recover-budget act on the held-out check: drop --no-report")
     if budget.speedup is not None and not args.time:
         raise MgdRtError(f"--recover-budget speedup={budget.speedup:g} needs timing: add --time RUNS (e.g. --time 3)")
+    check_on = CheckBackend(args.backend, args.dtype)
     if args.recover_group < 1:
         raise MgdRtError(f"--recover-group {args.recover_group}: restore at least 1 node per step")
     path = calibrate(args.model, images=args.images, output=args.output, **calibration_options(args))
@@ -90,7 +101,8 @@ def run(args: argparse.Namespace) -> int:
         print(f"done in {time.perf_counter() - start:.1f} s (no accuracy report)")
         return 0
     report = accuracy_report(args.model, path, images=args.holdout, num_images=args.holdout_n,
-                             calibration_images=args.images, timing_runs=args.time, tolerance=tolerance)
+                             calibration_images=args.images, timing_runs=args.time, tolerance=tolerance,
+                             check_on=check_on)
     report_path = args.report or Path(path).with_suffix(".report.json")
     if report.passed or not args.recover:
         data = {**report.as_dict(), "recovery": None}
@@ -109,7 +121,7 @@ def run(args: argparse.Namespace) -> int:
         print(f"held-out check failed: restoring the layers that cost accuracy to FP32 (budget {budget}; "
               "--no-recover to skip)", flush=True)
         result = recover_accuracy(args.model, path, initial=report, budget=budget, group_size=args.recover_group,
-                                  timing_runs=args.time)
+                                  timing_runs=args.time, check_on=check_on)
         data = {**result.final.as_dict(), "initial": report.as_dict(), "recovery": result.as_dict()}
         # the verdict is printed last, with the report's path
         printed = result.lines()[:-1] + (result.final.lines() if result.written else [])

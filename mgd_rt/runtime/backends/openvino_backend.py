@@ -20,8 +20,9 @@ with AVX-512 BF16 or AMX: a silent non-FP32 run):
   and runs as two compiled models, the encoder and decoder in bf16, then the DRM in f32 (a graph
   without the prop is refused for bf16: re-export it);
 - an INT8 Q/DQ graph runs its quantized layers in int8 and the layers it keeps in float in
-  f32; an FP16 graph's weights are fp16 and are computed in f32 (x86 CPUs without AVX-512 FP16
-  or AMX-FP16 have no fp16 arithmetic). ``--dtype`` must match such a graph's own precision.
+  f32, or with ``--dtype bf16`` in bf16, cut the same way (the DRM in f32); an FP16 graph's
+  weights are fp16 and are computed in f32 (x86 CPUs without AVX-512 FP16 or AMX-FP16 have no
+  fp16 arithmetic). Any other ``--dtype`` must match such a graph's own precision.
 
 The precision OpenVINO reports for the compiled model is checked against the one asked for.
 """
@@ -47,8 +48,6 @@ if TYPE_CHECKING:
 log = logging.getLogger("mgd_rt")
 
 CACHE_ENV = "MGD_RT_OPENVINO_CACHE"
-# --dtype -> OpenVINO's inference precision for an FP32 graph
-_FLOAT_PRECISIONS = {"fp32": "f32", "bf16": "bf16"}
 
 
 def cache_dir(path: str | Path | None = None) -> Path:
@@ -165,20 +164,22 @@ class OpenVINOBackend(Backend):
 
         cpu, capabilities = cpu_capabilities(core)
         graph_precision = meta.get("precision", "fp32")
-        if graph_precision == "fp32" and dtype in (None, *_FLOAT_PRECISIONS):
-            self.precision = dtype or "fp32"
-            if self.precision == "bf16" and "BF16" not in capabilities:
-                raise MgdRtError(f"--dtype bf16: this CPU ({cpu}) has no bfloat16 arithmetic for OpenVINO (it "
-                                 f"needs AVX-512 BF16 or AMX; OpenVINO lists {', '.join(capabilities)}); "
-                                 "leave --dtype out for fp32")
+        # bf16 is how float layers compute: all of an FP32 graph's, those an INT8 graph keeps in float
+        float_bf16 = dtype == "bf16" and graph_precision in ("fp32", "int8")
+        if float_bf16 or (graph_precision == "fp32" and dtype in (None, "fp32")):
+            self.precision = "int8" if graph_precision == "int8" else dtype or "fp32"
         else:
             self.precision = graph_precision
-            remedy = {"bf16": "pass the FP32 graph for --dtype bf16",
+            remedy = {"fp32": "pass the FP32 graph for --dtype fp32",
                       "int8": "make an INT8 graph with mgd-rt calibrate and pass that file"}.get(
                 dtype, f"export a {dtype} graph and pass that file")
             self.check_dtype(dtype, path.name, remedy)
-        # int8 and fp16 graphs: what is not integer (int8) or stored fp16 is computed in f32
-        self.compute = _FLOAT_PRECISIONS.get(self.precision, "f32")
+        # an fp16 graph's weights are fp16 and computed in f32 (x86 has no fp16 arithmetic without AVX-512 FP16)
+        self.compute = "bf16" if float_bf16 else "f32"
+        if self.compute == "bf16" and "BF16" not in capabilities:
+            raise MgdRtError(f"--dtype bf16: this CPU ({cpu}) has no bfloat16 arithmetic for OpenVINO (it "
+                             f"needs AVX-512 BF16 or AMX; OpenVINO lists {', '.join(capabilities)}); "
+                             "leave --dtype out for fp32")
 
         self.threads = threads or os.cpu_count() or 1
         self.cache = cache_dir(cache)
@@ -188,7 +189,7 @@ class OpenVINOBackend(Backend):
         self.drm_request: Any = None
         self.drm_reads_image = False
         t0 = time.perf_counter()
-        if self.precision == "bf16":
+        if self.compute == "bf16":
             head, tail = self._split(graph, meta, path)
             self.compiled = self._compile(core, head, "bf16", path)
             self.drm_compiled = self._compile(core, tail, "f32", path)
@@ -252,8 +253,9 @@ class OpenVINOBackend(Backend):
         return np.array(last.get_tensor(OUTPUT_NAME).data, dtype=np.float32, copy=True)
 
     def describe(self) -> str:
-        compute = {"fp16": f" (fp16 weights, computed in {self.compute})",
-                   "bf16": " (the DRM in fp32)"}.get(self.precision, "")
+        compute = {"fp16": f" (fp16 weights, computed in {self.compute})", "bf16": " (the DRM in fp32)",
+                   "int8": f" (float layers in {self.compute}{', the DRM in fp32' if self.drm_compiled else ''})"
+                   }.get(self.precision, "")
         source = "from the model cache" if self.from_cache else "compiled"
         return (f"{self.name} on {self.device}, {self.precision}{compute}; OpenVINO {self.version.split('-')[0]}, "
                 f"{self.threads} threads, {source}")
