@@ -483,9 +483,13 @@ def main(argv: list[str] | None = None) -> int:
             data = part
         else:
             data["results"].extend(part["results"])
-        if part_path != json_path:  # its rows go into the merged file
+        if part_path != json_path:  # its rows go into the merged file, kept whole after every set
             part_path.unlink()
             part_path.with_suffix(".png").unlink(missing_ok=True)
+            from mgd_rt.artifacts import write_json_atomic
+
+            write_json_atomic(json_path, {**data, "matrix": {"weight_sets_done": index + 1,
+                                                             "int8_calibration": calibrations}})
     assert data is not None
     # the matrix's own facts, beside what bench recorded
     data["matrix"] = {"script": "benchmarks/run_matrix.py", "argv": sys.argv[1:] if argv is None else argv,
