@@ -27,7 +27,7 @@ RESULT_KEYS = {"model", "label", "batch", "backend", "device", "precision", "var
                "status", "error", "load_s", "warmup_timings_s", "warmup_stable", "timings_s",
                "cuda_event_timings_s", "latency_ms", "images_per_s", "memory", "flops_per_image",
                "achieved_tflops", "peak_tflops", "peak_fraction", "vs_torch_fp32", "inputs", "accuracy",
-               "end_to_end", "compile", "compile_s", "compile_cache"}
+               "end_to_end", "compile", "compile_s", "compile_cache", "dtype"}
 
 
 @pytest.fixture(scope="module")
@@ -68,6 +68,7 @@ def test_json_schema_and_environment(run):
     for r in data["results"]:
         assert set(r) == RESULT_KEYS
         assert r["status"] == "ok", r["error"]
+        assert r["dtype"] in (None, r["precision"])  # as asked, or the graph's own: no float-layer override
     assert {(r["backend"], r["batch"]) for r in data["results"]} == {
         ("torch", 1), ("torch", 2), ("onnxruntime", 1), ("onnxruntime", 2)}
     assert report.ok and report.json_path == out
