@@ -203,7 +203,9 @@ def _openvino(graphs: dict[str, Path], device: str, unavailable: list[dict], arg
         unavailable.append({"name": names["int8"], "reason": "no INT8 Q/DQ graph (see onnxruntime int8)"})
     else:
         rows.append(Run(str(int8), "openvino", None, int8.name))  # the graph's own precision
-    if fp32 is not None and "BF16" in capabilities:
+    if fp32 is not None and not args.openvino_int8_bf16:
+        unavailable.append({"name": names["int8+bf16"], "reason": "--no-openvino-int8-bf16"})
+    elif fp32 is not None and "BF16" in capabilities:
         checked = _int8(fp32, args, unavailable, calibrations, target="cpu", openvino_bf16=True)
         if checked is not None:
             rows.append(Run(str(checked), "openvino", "bf16", checked.name))
@@ -397,6 +399,9 @@ def main(argv: list[str] | None = None) -> int:
                         "2 cores, with the accuracy recovery when the held-out check fails)")
     parser.add_argument("--int8", default=None, metavar="ONNX",
                         help="INT8 Q/DQ graph to use (default: <workdir>/<fp32 name>.int8.onnx when it exists)")
+    parser.add_argument("--no-openvino-int8-bf16", dest="openvino_int8_bf16", action="store_false",
+                        help="skip OpenVINO's INT8 graph with bf16 float layers (its own calibrate --backend openvino "
+                        "--dtype bf16, whose recovery sweep took 15 min per B+ set on 2 cores)")
     parser.add_argument("--no-aoti", dest="aoti", action="store_false",
                         help="leave out the AOTInductor .pt2 rows (B+ at 1024: ~4.5 min to export and compile on 2 "
                         "CPU cores)")
