@@ -619,7 +619,8 @@ def summary_markdown(data: dict) -> str:
     for graph, c in (matrix.get("int8_calibration") or {}).items():
         restored = f", {c['recovered_nodes']} nodes back in FP32 ({c['recovered_share']:.1%} of the quantized " \
             "compute)" if c.get("recovered_nodes") else ""
-        lines.append(f"\nINT8 calibration of {graph} (`mgd-rt calibrate` defaults): {c.get('verdict', '-')}"
+        how = "--backend openvino --dtype bf16" if graph.endswith(".int8-openvino-bf16.onnx") else "defaults"
+        lines.append(f"\nINT8 calibration of {graph} (`mgd-rt calibrate` {how}): {c.get('verdict', '-')}"
                      f"{restored}\n")
     fastest = matrix.get("fastest_within_tolerance") or {}
     for key, what in (("best", "Fastest path within tolerance"), ("best_fp32", "Fastest FP32 path")):
