@@ -34,6 +34,7 @@ from pathlib import Path
 HERE = Path(__file__).resolve().parent
 sys.path.insert(0, str(HERE.parent))  # the repository, so an uninstalled checkout runs too
 
+from mgd_rt.artifacts import write_json_atomic  # noqa: E402
 from mgd_rt.bench import Run, bench  # noqa: E402
 from mgd_rt.bench.report import computes  # noqa: E402
 from mgd_rt.errors import MgdRtError  # noqa: E402
@@ -42,6 +43,8 @@ from mgd_rt.runtime.backends import BACKENDS  # noqa: E402
 
 log = logging.getLogger("mgd_rt")
 # the flags that decide which CPU kernels run (README: results per CPU kind)
+# the INT8 graph calibrate --backend openvino --dtype bf16 checked, beside <fp32 stem>.int8.onnx
+OPENVINO_BF16_INT8 = ".int8-openvino-bf16.onnx"
 ISA_FLAGS = ("avx2", "fma", "avx512f", "avx512_vnni", "avx_vnni", "avx512_bf16", "amx_tile", "amx_bf16", "amx_int8")
 
 
@@ -118,7 +121,7 @@ def _int8(fp32: Path, args: argparse.Namespace, unavailable: list[dict], calibra
     goes into ``calibrations``."""
     name = "openvino int8+bf16" if openvino_bf16 else "onnxruntime int8"
     given = args.int8 and not openvino_bf16
-    out = Path(args.int8) if given else fp32.with_name(fp32.stem + (".int8-openvino-bf16.onnx" if openvino_bf16
+    out = Path(args.int8) if given else fp32.with_name(fp32.stem + (OPENVINO_BF16_INT8 if openvino_bf16
                                                                     else ".int8.onnx"))
     report = out.with_suffix(".report.json")
     if out.is_file():
@@ -491,8 +494,6 @@ def main(argv: list[str] | None = None) -> int:
         if part_path != json_path:  # its rows go into the merged file, kept whole after every set
             part_path.unlink()
             part_path.with_suffix(".png").unlink(missing_ok=True)
-            from mgd_rt.artifacts import write_json_atomic
-
             write_json_atomic(json_path, {**data, "matrix": {"weight_sets_done": index + 1,
                                                              "int8_calibration": calibrations}})
     assert data is not None
@@ -619,7 +620,7 @@ def summary_markdown(data: dict) -> str:
     for graph, c in (matrix.get("int8_calibration") or {}).items():
         restored = f", {c['recovered_nodes']} nodes back in FP32 ({c['recovered_share']:.1%} of the quantized " \
             "compute)" if c.get("recovered_nodes") else ""
-        how = "--backend openvino --dtype bf16" if graph.endswith(".int8-openvino-bf16.onnx") else "defaults"
+        how = "--backend openvino --dtype bf16" if graph.endswith(OPENVINO_BF16_INT8) else "defaults"
         lines.append(f"\nINT8 calibration of {graph} (`mgd-rt calibrate` {how}): {c.get('verdict', '-')}"
                      f"{restored}\n")
     fastest = matrix.get("fastest_within_tolerance") or {}

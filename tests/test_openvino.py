@@ -35,6 +35,12 @@ def _capabilities() -> tuple[str, list[str]]:
     return cpu_capabilities(ov.Core())
 
 
+_CPU, _CAPABILITIES = _capabilities() if HAVE_OPENVINO else ("", [])
+needs_bf16 = pytest.mark.skipif(
+    "BF16" not in _CAPABILITIES,
+    reason=f"this CPU ({_CPU}) has no BF16 in OpenVINO's OPTIMIZATION_CAPABILITIES (needs AVX-512 BF16 or AMX)"
+    if HAVE_OPENVINO else "openvino is not installed (pip install -e '.[openvino]')")
+
 @pytest.fixture(autouse=True)
 def ov_cache(tmp_path_factory, monkeypatch) -> Path:
     """Every test compiles into a cache of its session's own, never the user's ~/.cache."""
@@ -213,16 +219,12 @@ def test_fp32_matches_onnxruntime(tiny_fp32, image, ort_fp32):
     assert result, result.row()  # measured max|d|/std 1.1e-5
 
 
-@needs_openvino
+@needs_bf16
 def test_bf16(tiny_fp32, image, ort_fp32):
     """bf16 on the encoder and decoder, the DRM in f32 (its own compiled model, reading the image and the
     decoder's features): within the bf16 tolerance, and much closer to fp32 than the whole graph in bf16."""
     import openvino as ov
 
-    name, capabilities = _capabilities()
-    if "BF16" not in capabilities:
-        pytest.skip(f"this CPU ({name}) has no BF16 in OpenVINO's OPTIMIZATION_CAPABILITIES (needs AVX-512 BF16 "
-                    "or AMX)")
     with load_backend(tiny_fp32, "openvino", dtype="bf16") as backend:
         assert backend.precision == "bf16" and ", bf16 (the DRM in fp32);" in backend.describe()
         assert len(backend.drm_inputs) == 1 and backend.drm_reads_image
@@ -265,14 +267,10 @@ def test_int8_graph(tiny_int8, image, ort_fp32):
     assert result.max_rel_std > 1e-3  # the Q/DQ pairs were not dropped: FP32 would differ by 1e-5
 
 
-@needs_openvino
+@needs_bf16
 def test_int8_graph_bf16(tiny_int8, image, ort_fp32):
     """--dtype bf16 on an INT8 graph: its float layers in bf16, cut at the DRM like an FP32 graph's, the
     DRM (which calibration leaves in float) in f32; the quantized layers stay int8."""
-    name, capabilities = _capabilities()
-    if "BF16" not in capabilities:
-        pytest.skip(f"this CPU ({name}) has no BF16 in OpenVINO's OPTIMIZATION_CAPABILITIES (needs AVX-512 BF16 "
-                    "or AMX)")
     with load_backend(tiny_int8, "openvino", dtype="int8") as f32_floats:
         int8_f32 = f32_floats.infer(image)
     with load_backend(tiny_int8, "openvino", dtype="bf16") as backend:
