@@ -14,7 +14,7 @@ Rows (each through the runtime's backends, via :func:`mgd_rt.bench.bench`):
 Writes benchmarks/results/<machine>.json (raw timings, environment, load average), .png and
 .md (the summary table for the README). Run from a checkout, installed or not:
 
-    python3 benchmarks/run_matrix.py                       # CPU: warm-up 1, 3 timed calls
+    python3 benchmarks/run_matrix.py                       # CPU: 3 rounds of warm-up 1, 3 timed calls
     python3 benchmarks/run_matrix.py --device cuda         # GPU: warm-up until stable, 50 calls
 """
 
@@ -392,6 +392,9 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--batch", default=None, help="batch sizes (default: 1 on the CPU, 1,8 on CUDA)")
     parser.add_argument("--warmup", type=int, default=None, help="default: 1 on the CPU, 10 on CUDA (+ until stable)")
     parser.add_argument("--iters", type=int, default=None, help="timed calls (default: 3 on the CPU, 50 on CUDA)")
+    parser.add_argument("--rounds", type=int, default=None,
+                        help="passes over every row of a weight set, each row timed again after all the others "
+                        "(default: 3 on the CPU, where a shared VM's speed drifts within minutes; 1 on CUDA)")
     parser.add_argument("--no-holdout", dest="holdout", action="store_false",
                         help="check accuracy on the timed batch only, not on each of the six held-out photos")
     parser.add_argument("--ort-fp16", action="store_true", help="also run the FP16 graph on ONNX Runtime's CPU")
@@ -429,6 +432,7 @@ def main(argv: list[str] | None = None) -> int:
     batches = [int(b) for b in (args.batch or ("1,8" if cuda else "1")).split(",")]
     warmup = args.warmup if args.warmup is not None else (10 if cuda else 1)
     iters = args.iters if args.iters is not None else (50 if cuda else 3)
+    rounds = args.rounds if args.rounds is not None else (1 if cuda else 3)
     workdir = Path(args.workdir)
     workdir.mkdir(parents=True, exist_ok=True)
     try:
@@ -478,7 +482,7 @@ def main(argv: list[str] | None = None) -> int:
                            dtypes=dtypes if first else ["fp32"], compile=compile_modes if first else ["eager"],
                            reference=weights.model, output=part_path, image_size=args.image_size,
                            unavailable=unavailable if first else [], photos=max(batches), holdout=args.holdout,
-                           on_result=progress)
+                           on_result=progress, rounds=rounds)
         except MgdRtError as exc:
             print(f"run_matrix: error: {exc}", file=sys.stderr)
             return 1
@@ -607,6 +611,11 @@ def summary_markdown(data: dict) -> str:
             f"{f(acc.get('max_rel_std'), '.1e')} | {f(acc.get('sigmoid_mae'), '.1e')} | "
             f"{f(acc.get('iou_top10'), '.4f')} | {_verdict(acc)} |\n")
     matrix = data.get("matrix", {})
+    settings = data.get("settings", {})
+    if settings.get("rounds", 1) > 1:
+        lines.append(f"\nTiming: {settings['rounds']} rounds over a weight set's rows, each row loaded, warmed up "
+                     f"({settings['warmup']} call) and timed ({settings['iters']} calls) again after all the others; "
+                     "latencies and ratios are over every round's calls.\n")
     if matrix.get("holdout"):
         lines.append("\nAccuracy: the worst of the six held-out photos (batch 1 each, never calibration images), "
                      "against PyTorch FP32 of the same weights; every photo must pass.\n")

@@ -27,7 +27,7 @@ RESULT_KEYS = {"model", "label", "batch", "backend", "device", "precision", "var
                "status", "error", "load_s", "warmup_timings_s", "warmup_stable", "timings_s",
                "cuda_event_timings_s", "latency_ms", "images_per_s", "memory", "flops_per_image",
                "achieved_tflops", "peak_tflops", "peak_fraction", "vs_torch_fp32", "inputs", "accuracy",
-               "end_to_end", "compile", "compile_s", "compile_cache", "dtype"}
+               "end_to_end", "compile", "compile_s", "compile_cache", "dtype", "round_timings_s"}
 
 
 @pytest.fixture(scope="module")
@@ -80,6 +80,7 @@ def test_figures_come_from_the_raw_timings(run):
         t = np.asarray(r["timings_s"]) * 1e3
         lat = r["latency_ms"]
         assert len(t) == ITERS and len(r["warmup_timings_s"]) == 1 and (t > 0).all()
+        assert r["round_timings_s"] == [r["timings_s"]]  # one round
         assert lat["min"] == pytest.approx(t.min()) and lat["max"] == pytest.approx(t.max())
         assert lat["mean"] == pytest.approx(t.mean())
         assert lat["min"] <= lat["p50"] <= lat["p90"] <= lat["p99"] <= lat["max"]
@@ -153,7 +154,23 @@ def test_seconds_mode_and_errors_recorded(onnx_path, tmp_path):
     assert "cannot load" in report.results[0].error and (tmp_path / "c.png").stat().st_size > 0
 
 
+def test_rounds_time_every_model_again_and_summarise_all_calls(onnx_path, tmp_path):
+    bad = tmp_path / "bad.onnx"
+    bad.write_bytes(b"not a graph")
+    out = tmp_path / "rounds.json"
+    report = bench([bad, onnx_path], warmup=0, iters=2, rounds=3, device="cpu", output=out)
+    failed, timed = report.results
+    assert failed.status == "error" and failed.round_timings_s == [] and failed.timings_s == []  # stays failed
+    assert [len(calls) for calls in timed.round_timings_s] == [2, 2, 2]
+    assert timed.timings_s == [t for calls in timed.round_timings_s for t in calls]
+    assert timed.latency_ms["mean"] == pytest.approx(1e3 * np.mean(timed.timings_s))
+    assert timed.images_per_s == pytest.approx(1 / (timed.latency_ms["mean"] / 1e3))
+    data = json.loads(out.read_text())
+    assert data["settings"]["rounds"] == 3 and len(data["results"][1]["round_timings_s"]) == 3
+
+
 @pytest.mark.parametrize("kwargs, match", [
+    ({"models": ["tiny"], "rounds": 0}, "--rounds"),
     ({"models": ["nope.onnx"]}, "no such model"),
     ({"models": ["tiny"], "dtypes": ["int4"]}, "--dtype int4"),
     ({"models": ["tiny"], "batches": [0]}, "--batch"),

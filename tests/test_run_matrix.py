@@ -83,3 +83,17 @@ def test_int8_with_bf16_float_layers_is_its_own_path(run_matrix):
 
     assert computes("int8", "bf16") == "int8+bf16" and computes("bf16", "bf16") == "bf16"
     assert computes("int8", None) == "int8" and computes("fp32", "fp32") == "fp32"
+
+
+@pytest.mark.parametrize("rounds", [1, 3])
+def test_summary_says_how_rows_were_timed(run_matrix, rounds):
+    rows = [{**_row("a", backend, "fp32", speedup), "label": backend, "images_per_s": speedup, "peak_fraction": None,
+             "accuracy": {"passed": True, "tolerance_key": "fp32"},
+             "latency_ms": {"mean": 1e3 / speedup, "p50": 1e3 / speedup}} for backend, speedup in
+            (("torch", 1.0), ("onnxruntime", 1.5))]
+    data = {"environment": {"cpu": {"model": "Some CPU", "logical_cpus": 2, "flags": ["avx2", "fma"]}},
+            "created": "2026-12-06T00:00:00+00:00", "results": rows, "matrix": {}, "flops": {},
+            "settings": {"rounds": rounds, "warmup": 1, "iters": 3}, "peak": {"name": "Some CPU", "source": "-"}}
+    md = run_matrix.summary_markdown(data)
+    assert "| onnxruntime | onnxruntime | fp32 | 1 | 666.7 | 666.7 | 1.500 | 1.50 | - | - | - | - | yes (fp32) |" in md
+    assert ("Timing: 3 rounds over a weight set's rows" in md) == (rounds == 3)

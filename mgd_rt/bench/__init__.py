@@ -7,7 +7,8 @@ includes the host<->device copies of the input and the logits, as a user of the 
 them. What is measured, per model and batch size:
 
 - latency of each timed call (min/p50/p90/p99/mean from the raw per-iteration timings, which
-  are all kept), images/s = batch / mean latency;
+  are all kept), images/s = batch / mean latency; with several rounds, each model is timed again
+  after all the others, and its figures come from every round's calls;
 - on CUDA: a synchronised clock (the device is synchronised before each call and the logits
   are on the host when ``infer`` returns) plus CUDA events around the call, and warm-up that
   continues until three consecutive calls agree within 5% (bounded);
@@ -66,6 +67,7 @@ def bench(
     on_result: Callable[[BenchResult], None] | None = None,
     tf32: bool = False,
     backend: str = "auto",
+    rounds: int = 1,
 ) -> BenchReport:
     """Benchmark ``models`` at each batch size and write the JSON (``output``) and PNG (``chart``).
 
@@ -91,7 +93,11 @@ def bench(
     one row's file, backend and precision (rows on several backends in one run). ``compile``: a
     torch.compile mode, or several (``"eager"`` or None for the uncompiled run beside them), each PyTorch
     model and precision run in each; a compiled result records its first call (compilation or inductor
-    cache load) as ``compile_s``, apart from the warm-up and the timed calls.
+    cache load) as ``compile_s``, apart from the warm-up and the timed calls. ``rounds``: passes over all the
+    models, each loading, warming up and timing every one again; a result's latency summarises the timed calls of
+    every round (``round_timings_s`` keeps them per round), so speed-ups between models measured on a machine
+    whose speed drifts compare calls spread over the same stretch of time. Accuracy and memory are the first
+    round's.
     """
     start = time.perf_counter()
     if not models:
@@ -107,6 +113,8 @@ def bench(
         iters = None
     elif iters is None or iters < 1:
         raise MgdRtError(f"--iters {iters}: must be at least 1")
+    if rounds < 1:
+        raise MgdRtError(f"--rounds {rounds}: must be at least 1")
     device = device or default_device()
     if device.split(":")[0] not in ("cpu", "cuda"):
         raise MgdRtError(f"--device {device}: use cpu, cuda or cuda:N")
@@ -122,7 +130,8 @@ def bench(
     settings = BenchSettings(models=models, batches=batches, warmup=warmup, iters=iters, seconds=seconds,
                              device=device, dtypes=dtypes, end_to_end=end_to_end, reference=reference, output=output,
                              chart=chart, image_size=image_size, compile=modes, photos=photos, holdout=holdout,
-                             unavailable=unavailable, on_result=on_result, tf32=tf32, backend=backend)
+                             unavailable=unavailable, on_result=on_result, tf32=tf32, backend=backend,
+                             rounds=rounds)
     tf32_before = set_tf32(tf32) if settings.on_cuda else None
     try:
         return run_bench(settings, runs, start)

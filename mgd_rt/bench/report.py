@@ -40,7 +40,8 @@ class BenchResult:
     load_s: float | None = None
     warmup_timings_s: list[float] = field(default_factory=list)
     warmup_stable: bool | None = None  # None: stability not checked (CPU)
-    timings_s: list[float] = field(default_factory=list)
+    timings_s: list[float] = field(default_factory=list)  # every round's timed calls, which latency_ms summarises
+    round_timings_s: list[list[float]] = field(default_factory=list)  # the timed calls of each round, in order
     cuda_event_timings_s: list[float] | None = None
     latency_ms: dict[str, float] = field(default_factory=dict)
     images_per_s: float | None = None

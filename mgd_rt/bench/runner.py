@@ -1,5 +1,7 @@
-"""The body of a bench run: each planned model loaded once, timed at every batch size, its results
-checked against the reference and recorded, then the report written."""
+"""The body of a bench run: each planned model loaded, timed at every batch size, its results checked
+against the reference and recorded, then the report written. With ``rounds`` > 1 every model is loaded
+and timed again in each further round (the checks and memory figures are the first round's), and each
+result's latency summarises the timed calls of all rounds."""
 
 from __future__ import annotations
 
@@ -40,10 +42,13 @@ def run_bench(settings: BenchSettings, runs: list[Run], start: float) -> BenchRe
              settings.batches, settings.warmup,
              f"{settings.iters} iterations" if settings.iters else f"{settings.seconds} s per result")
     session = _Session(settings, report)
-    for index, run in enumerate(runs):
-        session.bench_model(run)
-        if run.kind == "torch" and all(r.model != run.model for r in runs[index + 1:]):
-            session.modules.pop(run.model, None)  # last use: free it before the next model's memory is measured
+    for round_index in range(settings.rounds):
+        if round_index:
+            log.info("bench: round %d of %d", round_index + 1, settings.rounds)
+        for index, run in enumerate(runs):
+            session.bench_model(run, first_round=round_index == 0)
+            if run.kind == "torch" and all(r.model != run.model for r in runs[index + 1:]):
+                session.modules.pop(run.model, None)  # last use: free it before the next model's memory is measured
 
     relative_speeds(report.results)
     if "gpu" in report.environment:  # clocks and temperature after the work, beside those before it
@@ -93,9 +98,11 @@ class _Session:
         self.clock = Clock(settings.device)
         self.modules: dict[str, Any] = {}  # shared by a file's precisions
         self.holdout = _holdout_photos() if settings.holdout else []
+        self.recorded: dict[tuple[int, int], BenchResult] = {}  # (id of the run, batch) -> its first round's result
 
-    def bench_model(self, run: Run) -> None:
-        """Load one model, time it at every batch size, record one BenchResult per batch size."""
+    def bench_model(self, run: Run, first_round: bool = True) -> None:
+        """Load one model, time it at every batch size: in the first round record one BenchResult per batch
+        size, in a later one add the new timed calls to those results."""
         from mgd_rt.runtime.processing import preprocess
 
         rss_reset = reset_peak_rss()
@@ -105,6 +112,9 @@ class _Session:
             load_s = time.perf_counter() - t0
         except Exception as exc:  # recorded, so the other models' numbers survive (traceback at debug level)
             log.debug("loading %s failed:\n%s", run.model, traceback.format_exc())
+            if not first_round:  # its results keep the rounds they have
+                log.warning("%s: not loaded again for another round (%s)", run.label, _failure(exc))
+                return
             for b in self.settings.batches:
                 self._record(BenchResult(run.model, run.label, b, backend=run.kind, precision=run.dtype or "",
                                          status="error", error=f"cannot load: {_failure(exc)}", compile=run.compile))
@@ -119,7 +129,10 @@ class _Session:
         loaded = _Loaded(backend, torch_cuda, load_s, rss_reset, load_peak, rss_after_load, tensors, flops)
         try:
             for b in self.settings.batches:
-                self._bench_batch(run, loaded, b)
+                if first_round:
+                    self._bench_batch(run, loaded, b)
+                else:
+                    self._time_again(run, loaded, b)
         finally:
             backend.close()
 
@@ -145,15 +158,23 @@ class _Session:
 
         return backend, torch.cuda
 
-    def _bench_batch(self, run: Run, loaded: _Loaded, b: int) -> None:
-        """Time ``loaded`` at batch size ``b`` and record the result, or the reason it could not run."""
-        backend, size = loaded.backend, loaded.backend.image_size
-        chosen = [loaded.tensors[i % len(loaded.tensors)] for i in range(b)]  # real photos, cycled to fill the batch
-        batch = np.stack([x for _, x in chosen])  # (B, 3, S, S) float32
+    @staticmethod
+    def _batch(loaded: _Loaded, b: int) -> tuple[list[tuple[str, np.ndarray]], np.ndarray]:
+        """(the photos chosen, the batch ``loaded`` is timed on): real photos, cycled to fill ``b``; (B, 3, S, S)
+        float32, or (B, S, S, 3) uint8 for a pixel-input model, as its clients send."""
+        backend = loaded.backend
+        chosen = [loaded.tensors[i % len(loaded.tensors)] for i in range(b)]
+        batch = np.stack([x for _, x in chosen])
         if backend.takes_pixels:
             from mgd_rt.runtime.processing import to_pixels
 
-            batch = to_pixels(batch, backend.mean, backend.std)  # (B, S, S, 3) uint8, as its clients send
+            batch = to_pixels(batch, backend.mean, backend.std)
+        return chosen, batch
+
+    def _bench_batch(self, run: Run, loaded: _Loaded, b: int) -> None:
+        """Time ``loaded`` at batch size ``b`` and record the result, or the reason it could not run."""
+        backend, size = loaded.backend, loaded.backend.image_size
+        chosen, batch = self._batch(loaded, b)
         result = BenchResult(run.model, run.label, b, backend=backend.name, device=backend.device,
                              precision=backend.precision, dtype=run.dtype, variant=backend.variant, image_size=size,
                              trained=backend.trained, load_s=loaded.load_s, inputs=[n for n, _ in chosen],
@@ -171,17 +192,15 @@ class _Session:
             result.status, result.error = "error", f"cannot run: {_failure(exc)}"
             self._record(result)
             return
+        result.round_timings_s = [list(result.timings_s)]
+        self.recorded[(id(run), b)] = result
         run_peak = peak_rss_mb()
         result.memory.update(host_rss_after_load_mb=loaded.rss_after_load_mb, host_peak_rss_load_mb=loaded.load_peak_mb,
                              host_peak_rss_run_mb=run_peak, host_peak_rss_mb=max(loaded.load_peak_mb, run_peak),
                              host_peak_rss_scope="max of the load and of this batch size's warm-up + timed calls "
                              "(VmHWM, reset before each)" if loaded.rss_reset else "process lifetime (ru_maxrss)")
         result.flops_per_image = loaded.flops.get("flops_per_image")
-        if result.flops_per_image:
-            result.achieved_tflops = result.flops_per_image * result.images_per_s / 1e12
-            result.peak_tflops = peak_tflops(self.report.peak, result.precision)
-            if result.peak_tflops:
-                result.peak_fraction = result.achieved_tflops / result.peak_tflops
+        self._throughput(result)
         if self.reference is not None:
             result.accuracy = _holdout_accuracy(self.reference, result, backend, self.holdout) \
                 if self.settings.holdout and b == min(self.settings.batches) else \
@@ -189,6 +208,41 @@ class _Session:
         if self.settings.end_to_end:
             result.end_to_end = time_end_to_end(backend, self.settings.end_to_end, b)
         self._record(result)
+
+    def _throughput(self, result: BenchResult) -> None:
+        """``result``'s achieved TFLOP/s and fraction of the machine's peak, from its images/s."""
+        if result.flops_per_image:
+            result.achieved_tflops = result.flops_per_image * result.images_per_s / 1e12
+            result.peak_tflops = peak_tflops(self.report.peak, result.precision)
+            if result.peak_tflops:
+                result.peak_fraction = result.achieved_tflops / result.peak_tflops
+
+    def _time_again(self, run: Run, loaded: _Loaded, b: int) -> None:
+        """Another round of ``run`` at batch size ``b``: warm-up and timed calls as in the first, added to the
+        first round's result (one that failed there stays failed) and summarised again."""
+        result = self.recorded.get((id(run), b))
+        if result is None:
+            return
+        _, batch = self._batch(loaded, b)
+        again = BenchResult(run.model, run.label, b, backend=result.backend, device=result.device,
+                            precision=result.precision, dtype=run.dtype)
+        try:
+            if run.compile is not None:
+                compile_call(again, loaded.backend, batch, self.clock)  # a cache load: kept out of the timings
+            time_result(again, loaded.backend, batch, self.settings, self.clock, None)
+        except Exception as exc:
+            log.warning("%s %s B=%d: round %d not timed (%s)", result.label, result.computes, b,
+                        len(result.round_timings_s) + 1, _failure(exc))
+            return
+        result.round_timings_s.append(again.timings_s)
+        result.timings_s.extend(again.timings_s)
+        if result.cuda_event_timings_s is not None and again.cuda_event_timings_s:
+            result.cuda_event_timings_s.extend(again.cuda_event_timings_s)
+        result.summarise()
+        self._throughput(result)
+        log.info("%s %s %s B=%d round %d: mean %.1f ms (all rounds %.1f ms)", result.label, result.runs_on,
+                 result.computes, b, len(result.round_timings_s), 1e3 * float(np.mean(again.timings_s)),
+                 result.latency_ms["mean"])
 
     def _record(self, result: BenchResult) -> None:
         self.report.results.append(result)

@@ -45,6 +45,9 @@ class BenchSettings:
     on_result: Callable[[BenchResult], None] | None = None  # called with each result as it is recorded
     tf32: bool = False
     backend: str = "auto"  # what runs the model files: by suffix, or the backend named
+    # passes over every model: the timed calls of each result are spread over the whole run, so a machine whose
+    # speed drifts (a shared VM) slows every result alike instead of the ones timed while it was slow
+    rounds: int = 1
 
     @property
     def on_cuda(self) -> bool:
@@ -64,7 +67,7 @@ class BenchSettings:
                 "end_to_end": [str(p) for p in self.end_to_end] if self.end_to_end else None,
                 "reference": str(self.reference) if self.reference is not None else None,
                 "image_size": self.image_size, "compile": [m or "eager" for m in self.compile],
-                "holdout": self.holdout,
+                "holdout": self.holdout, "rounds": self.rounds,
                 "warmup_until_stable": self.until_stable,
                 "tf32": self.tf32 if self.on_cuda else None,
                 "stable_rule": f"{STABLE_WINDOW} consecutive calls within {STABLE_SPREAD:.0%} of their median, "

@@ -49,6 +49,10 @@ def register(subparsers: argparse._SubParsersAction) -> None:
     count = parser.add_mutually_exclusive_group()
     count.add_argument("--iters", type=int, default=None, metavar="N", help="timed calls per result (default: 10)")
     count.add_argument("--seconds", type=float, default=None, metavar="S", help="time calls for S seconds instead")
+    parser.add_argument("--rounds", type=int, default=1, metavar="N",
+                        help="time every model again N-1 more times, each round after all the others, and summarise "
+                        "all rounds' calls (default 1; on a shared VM whose speed drifts, 3 spreads each model's "
+                        "calls over the whole run)")
     parser.add_argument("--device", default=None, help="cpu, cuda or cuda:N (default: CUDA when usable, else cpu)")
     parser.add_argument("--dtype", type=_dtypes, default=None, metavar="fp32,bf16",
                         help="PyTorch precisions to run each checkpoint in (default fp32; fp16/bf16 = autocast); "
@@ -80,6 +84,8 @@ def run(args: argparse.Namespace) -> int:
         args.parser.error("--warmup must be 0 or more")
     if args.iters is not None and args.iters < 1:
         args.parser.error("--iters must be at least 1")
+    if args.rounds < 1:
+        args.parser.error("--rounds must be at least 1")
     if args.seconds is not None and args.seconds <= 0:
         args.parser.error("--seconds must be positive")
     if args.holdout and args.reference is None:
@@ -90,7 +96,7 @@ def run(args: argparse.Namespace) -> int:
         args.models, batches=args.batch, warmup=args.warmup, device=args.device, dtypes=args.dtype,
         end_to_end=args.end_to_end, reference=args.reference, output=args.output, chart=args.chart,
         image_size=args.image_size, compile=args.compile, tf32=args.tf32, backend=args.backend,
-        holdout=args.holdout, **counts,
+        holdout=args.holdout, rounds=args.rounds, **counts,
     )
     print(report.table())
     for r in report.results:
