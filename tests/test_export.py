@@ -64,6 +64,42 @@ def test_rewrites_equal_eager(tiny_model, fixture_image):
     assert "_get_pos_embed" not in dict(tiny_model.image_encoder.trunk.named_children())
 
 
+def test_window_projection_skips_the_padding(tiny_model, fixture_image):
+    """The windowed blocks' output projection runs on the H x W tokens, not on the windows' zero padding: the
+    export form's trunk FLOPs are the eager trunk's less exactly 2 C^2 per padding token per projection, and its
+    logits the eager ones (TOLERANCES['rewrite'])."""
+    from sam2.modeling.backbones.hieradet import MultiScaleBlock
+    from torch.utils.flop_counter import FlopCounterMode
+
+    projections = [b.attn.proj for b in tiny_model.image_encoder.trunk.modules()
+                   if isinstance(b, MultiScaleBlock) and b.window_size > 0 and b.attn.q_pool is None]
+    rows: dict[str, list[int]] = {"eager": [], "form": []}
+
+    def measure(form: str) -> tuple[np.ndarray, int]:
+        hooks = [p.register_forward_hook(lambda m, args, out: rows[form].append(args[0].numel() // m.in_features))
+                 for p in projections]
+        try:
+            with FlopCounterMode(display=False) as flops:
+                logits = tiny_model(fixture_image).numpy()
+        finally:
+            for h in hooks:
+                h.remove()
+        # the trunk's own: outside it the form's constant position codes leave out the dense code's matmul
+        return logits, sum(flops.get_flop_counts()["MGDSAM2.image_encoder.trunk"].values())
+
+    with torch.no_grad():
+        eager, eager_flops = measure("eager")
+        with export_form(tiny_model):
+            form, form_flops = measure("form")
+    saved = sum(2 * p.in_features * p.out_features * (e - f) for p, e, f in zip(projections, rows["eager"],
+                                                                                rows["form"], strict=True))
+    # tiny at 512: one windowed block is padded, stage 4's, whose 8 x 8 tokens per view fill 2 x 2 windows of 7
+    assert [e / f for e, f in zip(rows["eager"], rows["form"], strict=True)][-1] == 14 * 14 / (8 * 8)
+    assert sum(e > f for e, f in zip(rows["eager"], rows["form"], strict=True)) == 1
+    assert saved > 0 and eager_flops - form_flops == saved
+    assert compare_logits(eager, form, "rewrite", name="export form")
+
+
 def test_graph_hygiene_and_io(tiny_export):
     model = onnx.load(str(tiny_export.path))
     report = graph_report(model, max_nodes=MAX_NODES)

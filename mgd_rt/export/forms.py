@@ -1,6 +1,6 @@
 """The export form of MGDSAM2: the same numbers, in modules that export to clean ONNX.
 
-Three rewrites (four for the CPU graph), all reverted when the context exits (the eager model is
+Four rewrites (five for the CPU graph), all reverted when the context exits (the eager model is
 never changed for good):
 - every depth-2 depthwise Conv3d runs as two depthwise Conv2d (no 5-D tensors, no Squeeze
   whose dimension the exporter cannot prove is 1, which becomes an If);
@@ -9,6 +9,8 @@ never changed for good):
 - the decoder's dense positional code (``pe_layer``: random Fourier features of the E x E grid)
   and MCEM's sine codes are constants for that size too (MCEM caches them per size already;
   one warm-up call fills the cache before tracing);
+- Hiera's windowed blocks project the attention's output after cropping the zero padding the windows
+  needed, not before (:func:`cropped_window_block`);
 - for opset >= 23 (the CPU graph) Hiera's attention without query pooling becomes one ONNX Attention
   node on head-major tensors, without the four Transposes sam2's head split and merge cost.
 """
@@ -19,7 +21,9 @@ from collections.abc import Callable, Iterator
 from contextlib import contextmanager
 
 import torch
-from sam2.modeling.backbones.hieradet import MultiScaleAttention
+import torch.nn.functional as F
+from sam2.modeling.backbones.hieradet import MultiScaleAttention, MultiScaleBlock
+from sam2.modeling.backbones.utils import window_partition, window_unpartition
 from torch import nn
 
 from mgd_rt.contract import IMAGENET_MEAN, IMAGENET_STD
@@ -42,21 +46,59 @@ class ConstantCode(nn.Module):
         return self.code
 
 
-def onnx_attention(attn: MultiScaleAttention) -> Callable[[torch.Tensor], torch.Tensor]:
-    """``attn``'s forward as one ONNX Attention (opset 23) on head-major (B, N, heads * d) tensors.
+def attend(qkv: torch.Tensor, heads: int, attention_op: bool) -> torch.Tensor:
+    """Multi-head scaled dot-product attention of sam2's packed projections: (B, N, 3 * heads * d), ordered
+    q | k | v and head-major within each (sam2 reshapes them to (B, N, 3, heads, d)) -> (B, N, heads * d).
 
-    sam2 splits q, k, v into (B, heads, N, d) for scaled_dot_product_attention and merges the heads back,
-    which the exporter writes as four Transposes per block around the Attention node; Attention's 3-D form
-    takes the (B, N, heads * d) tensors as they come out of the qkv projection (q | k | v, each head-major,
-    the order sam2's reshape to (B, N, 3, heads, d) reads) and splits the heads itself. Eager, the op
-    computes the same scaled dot-product attention. Only for blocks without query pooling, which reshape q.
+    ``attention_op``: one ONNX Attention (opset 23) on the (B, N, heads * d) tensors as they come, which splits
+    the heads itself; sam2's own form splits q, k, v into (B, heads, N, d) for scaled_dot_product_attention and
+    merges the heads back, which the exporter writes as four Transposes around the attention. Eager, both
+    compute the same attention.
     """
+    b, n, _ = qkv.shape
+    if attention_op:
+        q, k, v = qkv.chunk(3, dim=-1)  # each (B, N, heads * d)
+        return torch.onnx.ops.attention(q, k, v, q_num_heads=heads, kv_num_heads=heads)[0]
+    q, k, v = qkv.reshape(b, n, 3, heads, -1).unbind(2)  # each (B, N, heads, d)
+    out = F.scaled_dot_product_attention(q.transpose(1, 2), k.transpose(1, 2), v.transpose(1, 2))
+    return out.transpose(1, 2).reshape(b, n, -1)
+
+
+def onnx_attention(attn: MultiScaleAttention) -> Callable[[torch.Tensor], torch.Tensor]:
+    """``attn``'s forward as one ONNX Attention (opset 23) on head-major (B, N, heads * d) tensors
+    (:func:`attend`). Only for attentions without query pooling, which reshape q."""
 
     def forward(x: torch.Tensor) -> torch.Tensor:  # (B, H, W, C_in) -> (B, H, W, C_out)
         b, h, w, _ = x.shape
-        q, k, v = attn.qkv(x).reshape(b, h * w, -1).chunk(3, dim=-1)  # each (B, H * W, heads * d)
-        out = torch.onnx.ops.attention(q, k, v, q_num_heads=attn.num_heads, kv_num_heads=attn.num_heads)[0]
+        out = attend(attn.qkv(x).reshape(b, h * w, -1), attn.num_heads, attention_op=True)
         return attn.proj(out.reshape(b, h, w, -1))
+
+    return forward
+
+
+def cropped_window_block(block: MultiScaleBlock, attention_op: bool) -> Callable[[torch.Tensor], torch.Tensor]:
+    """``block``'s forward with its attention's output projection after the window padding is cropped.
+
+    sam2 pads the normed tokens with zeros up to a multiple of the window and projects every token, padding
+    included, on the way in (qkv) and out (proj): B+ at 1024 pads stage 3's 32 x 32 tokens to 42 x 42 for its
+    14 x 14 windows (1.72x the rows) and stage 4's 16 x 16 to 21 x 21 for 7 x 7. The output projection is per
+    token, so cropping first gives the same tokens: 21 of B+'s 886 GFLOP at 1024. The qkv projection keeps
+    the padding: moving it before the padding as well (a zero token's projection is the bias) saved 83 GFLOP
+    but partitions the 3x wider q, k, v into windows, and measured 7% slower on OpenVINO bf16 (AMX), where
+    those copies cost more than the matrix products saved (ONNX Runtime and OpenVINO fp32: 7-11% faster).
+    For windowed blocks without query pooling (the same width in and out).
+    """
+    attn = block.attn
+    size = block.window_size
+
+    def forward(x: torch.Tensor) -> torch.Tensor:  # (B, H, W, C) -> (B, H, W, C)
+        _, h, w, _ = x.shape
+        windows, padded = window_partition(block.norm1(x), size)  # (B * windows, size, size, C)
+        qkv = attn.qkv(windows)
+        out = attend(qkv.reshape(qkv.shape[0], size * size, -1), attn.num_heads, attention_op)
+        out = window_unpartition(out.reshape(-1, size, size, out.shape[-1]), size, padded, (h, w))
+        x = x + block.drop_path(attn.proj(out))
+        return x + block.drop_path(block.mlp(block.norm2(x)))
 
     return forward
 
@@ -87,9 +129,14 @@ def export_form(model: MGDSAM2, attention_op: bool = False) -> Iterator[MGDSAM2]
     # non-strict capture failed on the buffer path through it (the ONNX exporter then retried strict)
     object.__setattr__(trunk, "_get_pos_embed", hiera_code)
     model.pe_layer = ConstantCode(dense_pe)  # type: ignore[assignment]
-    attentions = [m for m in trunk.modules() if isinstance(m, MultiScaleAttention) and m.q_pool is None] \
-        if attention_op else []
-    for attn in attentions:  # the same instance-attribute shadowing as the position code's
+    windowed = [m for m in trunk.modules() if isinstance(m, MultiScaleBlock) and m.window_size > 0
+                and m.attn.q_pool is None and m.dim == m.dim_out]
+    for block in windowed:  # the same instance-attribute shadowing as the position code's
+        object.__setattr__(block, "forward", cropped_window_block(block, attention_op))
+    # the global blocks' attentions (the windowed blocks' forward above calls attend itself)
+    attentions = [b.attn for b in trunk.modules() if isinstance(b, MultiScaleBlock) and b not in windowed
+                  and b.attn.q_pool is None] if attention_op else []
+    for attn in attentions:
         object.__setattr__(attn, "forward", onnx_attention(attn))
     try:
         with torch.no_grad():
@@ -100,8 +147,8 @@ def export_form(model: MGDSAM2, attention_op: bool = False) -> Iterator[MGDSAM2]
         yield model
     finally:
         del trunk._get_pos_embed
-        for attn in attentions:
-            del attn.forward
+        for module in [*windowed, *attentions]:
+            del module.forward
         model.pe_layer = original_pe_layer
         use_conv2d_pairs(model, False)
 
