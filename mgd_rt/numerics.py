@@ -30,7 +30,12 @@ TOLERANCES: dict[str, Tolerance] = {
     # batching, the two-Conv2d form of the depth-2 Conv3d, constant position codes: float
     # reassociation only (batch 2 vs 2x batch 1 measured 6e-6 on the tiny fixture)
     "rewrite": Tolerance(max_rel_std=5e-5),
-    "fp32": Tolerance(max_rel_std=1e-4, iou_top10=0.9999),
+    # an FP32 graph on another runtime. IoU top10% was 0.9999 until OpenVINO fp32 on seeded B+ (seed 1) gave
+    # 0.99989 on the retina photo at max|d|/std 1.25e-5, 8x inside the primary bound: 12 of its 104,857 top
+    # pixels swapped, the photo's flat black surround putting many logits at the threshold. Worst of 36 FP32
+    # checks on that machine (3 seeds x 6 photos x ONNX Runtime and OpenVINO): 0.99989; 0.9995 still flags a
+    # wrong graph (fp16's bound is 0.995), while max|d|/std stays the measure that decides
+    "fp32": Tolerance(max_rel_std=1e-4, iou_top10=0.9995),
     # CPU bfloat16 autocast (8-bit mantissa) on the tiny fixture measured max|d|/std 0.16,
     # sigmoid MAE 1.1e-3, IoU top10% 0.950 (its logits are untrained: std 0.16, little margin)
     "bf16": Tolerance(max_rel_std=0.5, sigmoid_mae=3e-3, iou_top10=0.90),
