@@ -614,8 +614,8 @@ def summary_markdown(data: dict) -> str:
     settings = data.get("settings", {})
     if settings.get("rounds", 1) > 1:
         lines.append(f"\nTiming: {settings['rounds']} rounds over a weight set's rows, each row loaded, warmed up "
-                     f"({settings['warmup']} call) and timed ({settings['iters']} calls) again after all the others; "
-                     "latencies and ratios are over every round's calls.\n")
+                     f"(warm-up calls: {settings['warmup']}) and timed (timed calls: {settings['iters']}) again after "
+                     "all the others; latencies and ratios are over every round's calls.\n")
     if matrix.get("holdout"):
         lines.append("\nAccuracy: the worst of the six held-out photos (batch 1 each, never calibration images), "
                      "against PyTorch FP32 of the same weights; every photo must pass.\n")

@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+import functools
+import importlib.util
 import os
 import shutil
 from collections.abc import Callable
@@ -54,6 +56,26 @@ def cuda_available() -> bool:
 
 
 needs_cuda = pytest.mark.skipif(not cuda_available(), reason="needs a CUDA GPU (torch.cuda.is_available() is False)")
+
+HAVE_OPENVINO = importlib.util.find_spec("openvino") is not None
+needs_openvino = pytest.mark.skipif(not HAVE_OPENVINO,
+                                    reason="openvino is not installed (pip install -e '.[openvino]')")
+
+
+@functools.cache
+def openvino_cpu() -> tuple[str, list[str]]:
+    """(this CPU's name, OpenVINO's OPTIMIZATION_CAPABILITIES for it), asked once a session."""
+    import openvino as ov
+
+    from mgd_rt.runtime.backends.openvino_backend import cpu_capabilities
+
+    return cpu_capabilities(ov.Core())
+
+
+needs_openvino_bf16 = pytest.mark.skipif(
+    not HAVE_OPENVINO or "BF16" not in openvino_cpu()[1],
+    reason=f"this CPU ({openvino_cpu()[0]}) has no BF16 in OpenVINO's OPTIMIZATION_CAPABILITIES (needs AVX-512 BF16 "
+    "or AMX)" if HAVE_OPENVINO else "openvino is not installed (pip install -e '.[openvino]')")
 
 
 @pytest.fixture(scope="session")

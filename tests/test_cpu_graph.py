@@ -17,13 +17,12 @@ from types import SimpleNamespace
 import numpy as np
 import onnx
 import pytest
-from conftest import TINY_CHECKPOINT
+from conftest import TINY_CHECKPOINT, needs_openvino, needs_openvino_bf16
 
 from mgd_rt.errors import MgdRtError
 from mgd_rt.numerics import TOLERANCES, compare_logits  # with a TOLERANCES key
 
 SIZE = 256
-HAVE_OPENVINO = importlib.util.find_spec("openvino") is not None
 HAVE_MODELOPT = importlib.util.find_spec("modelopt") is not None
 
 
@@ -186,18 +185,11 @@ def test_int8_tensorrt_target_needs_onnxruntime_basic_optimizations(cpu_graph, i
 
 
 # ---------------------------------------------------------------- OpenVINO
-@pytest.mark.skipif(not HAVE_OPENVINO, reason="openvino is not installed (pip install -e '.[openvino]')")
-@pytest.mark.parametrize("dtype", ["fp32", "bf16"])
+@needs_openvino
+@pytest.mark.parametrize("dtype", ["fp32", pytest.param("bf16", marks=needs_openvino_bf16)])
 def test_openvino_reads_attention(cpu_graph, image, torch_run, dtype, tmp_path, monkeypatch):
-    import openvino as ov
-
     from mgd_rt.runtime.backends import load_backend
-    from mgd_rt.runtime.backends.openvino_backend import cpu_capabilities
 
-    cpu, capabilities = cpu_capabilities(ov.Core())
-    if dtype == "bf16" and "BF16" not in capabilities:
-        pytest.skip(f"this CPU ({cpu}) has no BF16 in OpenVINO's OPTIMIZATION_CAPABILITIES (needs AVX-512 BF16 "
-                    "or AMX)")
     monkeypatch.setenv("MGD_RT_OPENVINO_CACHE", str(tmp_path / "openvino"))
     with load_backend(cpu_graph, "openvino", dtype=dtype) as backend:
         assert backend.precision == dtype

@@ -7,7 +7,6 @@ The tiny model at S=512 (exported once per session, ~1 min on 2 cores; INT8 cali
 
 from __future__ import annotations
 
-import importlib.util
 import shutil
 import sys
 from pathlib import Path
@@ -15,6 +14,7 @@ from pathlib import Path
 import numpy as np
 import onnx
 import pytest
+from conftest import needs_openvino, needs_openvino_bf16, openvino_cpu
 from PIL import Image
 from runtime_helpers import make_pixel_toy_onnx, make_toy_onnx, toy_logits
 
@@ -22,24 +22,6 @@ from mgd_rt.errors import MgdRtError
 from mgd_rt.numerics import compare_logits  # with a TOLERANCES key
 from mgd_rt.runtime.backends import backend_for, load_backend
 
-HAVE_OPENVINO = importlib.util.find_spec("openvino") is not None
-needs_openvino = pytest.mark.skipif(not HAVE_OPENVINO,
-                                    reason="openvino is not installed (pip install -e '.[openvino]')")
-
-
-def _capabilities() -> tuple[str, list[str]]:
-    import openvino as ov
-
-    from mgd_rt.runtime.backends.openvino_backend import cpu_capabilities
-
-    return cpu_capabilities(ov.Core())
-
-
-_CPU, _CAPABILITIES = _capabilities() if HAVE_OPENVINO else ("", [])
-needs_bf16 = pytest.mark.skipif(
-    "BF16" not in _CAPABILITIES,
-    reason=f"this CPU ({_CPU}) has no BF16 in OpenVINO's OPTIMIZATION_CAPABILITIES (needs AVX-512 BF16 or AMX)"
-    if HAVE_OPENVINO else "openvino is not installed (pip install -e '.[openvino]')")
 
 @pytest.fixture(autouse=True)
 def ov_cache(tmp_path_factory, monkeypatch) -> Path:
@@ -188,7 +170,7 @@ def test_model_cache(toy_onnx, tmp_path, ov_cache):
     assert sorted(p.name for p in cache.iterdir() if p.is_file()) == blobs  # nothing compiled again
     x = np.random.default_rng(1).standard_normal((2, 3, 32, 32), dtype=np.float32)
     np.testing.assert_array_equal(first.infer(x), second.infer(x))
-    if "BF16" in _capabilities()[1]:
+    if "BF16" in openvino_cpu()[1]:
         # bf16 compiles its two graphs (head in bf16, the DRM's in f32) once, into two more cache entries
         cut = make_toy_onnx(tmp_path / "toy_cut.onnx", drm_cut=True)
         bf16 = OpenVINOBackend(cut, dtype="bf16", cache=cache)
@@ -211,7 +193,7 @@ def test_fp32_matches_onnxruntime(tiny_fp32, image, ort_fp32):
     """fp32 is asked for explicitly: OpenVINO's own default on a bf16-capable CPU would be bf16."""
     with load_backend(tiny_fp32, "openvino") as backend:
         assert backend.precision == "fp32" and backend.compute == "f32"
-        assert backend.describe().startswith(f"openvino on CPU ({_capabilities()[0]}), fp32;")
+        assert backend.describe().startswith(f"openvino on CPU ({openvino_cpu()[0]}), fp32;")
         assert backend.compiled.get_property("INFERENCE_PRECISION_HINT").get_type_name() == "f32"
         out = backend.infer(image)
     assert out.shape == (2, 1, 512, 512) and out.dtype == np.float32
@@ -219,7 +201,7 @@ def test_fp32_matches_onnxruntime(tiny_fp32, image, ort_fp32):
     assert result, result.row()  # measured max|d|/std 1.1e-5
 
 
-@needs_bf16
+@needs_openvino_bf16
 def test_bf16(tiny_fp32, image, ort_fp32):
     """bf16 on the encoder and decoder, the DRM in f32 (its own compiled model, reading the image and the
     decoder's features): within the bf16 tolerance, and much closer to fp32 than the whole graph in bf16."""
@@ -267,7 +249,7 @@ def test_int8_graph(tiny_int8, image, ort_fp32):
     assert result.max_rel_std > 1e-3  # the Q/DQ pairs were not dropped: FP32 would differ by 1e-5
 
 
-@needs_bf16
+@needs_openvino_bf16
 def test_int8_graph_bf16(tiny_int8, image, ort_fp32):
     """--dtype bf16 on an INT8 graph: its float layers in bf16, cut at the DRM like an FP32 graph's, the
     DRM (which calibration leaves in float) in f32; the quantized layers stay int8."""
@@ -346,7 +328,7 @@ def test_bench_runs_a_graph_on_openvino_per_dtype(tiny_fp32, tmp_path, capsys):
     results = json.loads(out.read_text())["results"]
     assert [(r["backend"], r["precision"]) for r in results] == [("openvino", "fp32"), ("openvino", "bf16")]
     assert results[0]["status"] == "ok" and results[0]["device"].startswith("CPU (")
-    if "BF16" in _capabilities()[1]:
+    if "BF16" in openvino_cpu()[1]:
         assert rc == 0 and results[1]["status"] == "ok"
     else:  # recorded as not loadable, with the reason
         assert rc == 1 and "no bfloat16 arithmetic" in results[1]["error"]
