@@ -64,39 +64,69 @@ def test_rewrites_equal_eager(tiny_model, fixture_image):
     assert "_get_pos_embed" not in dict(tiny_model.image_encoder.trunk.named_children())
 
 
-def test_window_projection_skips_the_padding(tiny_model, fixture_image):
-    """The windowed blocks' output projection runs on the H x W tokens, not on the windows' zero padding: the
-    export form's trunk FLOPs are the eager trunk's less exactly 2 C^2 per padding token per projection, and its
-    logits the eager ones (TOLERANCES['rewrite'])."""
+@pytest.mark.parametrize("attention_op", [False, True], ids=["sdpa", "onnx-attention"])
+@pytest.mark.parametrize("tokens", [(9, 11), (3, 5), (8, 12)], ids=["edges", "smaller-than-a-window", "no-padding"])
+def test_padless_window_block_equals_sam2(tokens, attention_op):
+    """One windowed Hiera block without its zero padding gives sam2's block output (TOLERANCES['rewrite']) with
+    runs of whole, edge and corner windows, a side shorter than a window, and no padding at all."""
     from sam2.modeling.backbones.hieradet import MultiScaleBlock
+
+    from mgd_rt.export.forms import padless_window_block
+
+    torch.manual_seed(0)
+    block = MultiScaleBlock(dim=32, dim_out=32, num_heads=2, window_size=4).eval()
+    torch.nn.init.normal_(block.attn.qkv.bias, std=1.0)  # the padding's keys and values are this bias
+    x = torch.randn(2, *tokens, 32)
+    with torch.no_grad():
+        expected = block(x).numpy()
+        got = padless_window_block(block, attention_op)(x).numpy()
+    assert got.shape == expected.shape
+    assert compare_logits(expected, got, "rewrite", name=f"padless block {tokens}")
+
+
+def test_windows_skip_the_padding(tiny_model, fixture_image):
+    """The windowed blocks' projections run on the H x W tokens, not on the windows' zero padding: the export
+    form's trunk does exactly 2 C_in C_out fewer projection FLOPs per padding token, fewer attention FLOPs, and
+    gives the eager logits (TOLERANCES['rewrite'])."""
+    from sam2.modeling.backbones.hieradet import MultiScaleBlock
+    from torch.nn.attention import SDPBackend, sdpa_kernel
     from torch.utils.flop_counter import FlopCounterMode
 
-    projections = [b.attn.proj for b in tiny_model.image_encoder.trunk.modules()
-                   if isinstance(b, MultiScaleBlock) and b.window_size > 0 and b.attn.q_pool is None]
+    blocks = [b for b in tiny_model.image_encoder.trunk.modules()
+              if isinstance(b, MultiScaleBlock) and b.window_size > 0 and b.attn.q_pool is None]
+    projections = [p for b in blocks for p in (b.attn.qkv, b.attn.proj)]
     rows: dict[str, list[int]] = {"eager": [], "form": []}
+    tokens: list[int] = []  # (views x H x W) entering each block
 
-    def measure(form: str) -> tuple[np.ndarray, int]:
+    def measure(form: str) -> tuple[np.ndarray, dict[str, int]]:
         hooks = [p.register_forward_hook(lambda m, args, out: rows[form].append(args[0].numel() // m.in_features))
                  for p in projections]
+        if form == "eager":
+            hooks += [b.register_forward_pre_hook(lambda m, args: tokens.append(args[0].numel() // m.dim))
+                      for b in blocks]
         try:
-            with FlopCounterMode(display=False) as flops:
+            with FlopCounterMode(display=False) as flops, sdpa_kernel(SDPBackend.MATH):
                 logits = tiny_model(fixture_image).numpy()
         finally:
             for h in hooks:
                 h.remove()
         # the trunk's own: outside it the form's constant position codes leave out the dense code's matmul
-        return logits, sum(flops.get_flop_counts()["MGDSAM2.image_encoder.trunk"].values())
+        return logits, {str(op): n for op, n in flops.get_flop_counts()["MGDSAM2.image_encoder.trunk"].items()}
 
     with torch.no_grad():
         eager, eager_flops = measure("eager")
-        with export_form(tiny_model):
+        with export_form(tiny_model, padless_windows=True):
             form, form_flops = measure("form")
+    assert rows["form"] == [n for n in tokens for _ in range(2)]  # qkv and proj see the real tokens only
+    padded = [e > f for e, f in zip(rows["eager"], rows["form"], strict=True)]
+    # tiny at 512: one windowed block is padded (its qkv and proj), stage 4's, whose 8 x 8 tokens per view
+    # fill 2 x 2 windows of 7
+    assert padded == [False] * 4 + [True] * 2 and rows["eager"][-1] / rows["form"][-1] == 14 * 14 / (8 * 8)
     saved = sum(2 * p.in_features * p.out_features * (e - f) for p, e, f in zip(projections, rows["eager"],
                                                                                 rows["form"], strict=True))
-    # tiny at 512: one windowed block is padded, stage 4's, whose 8 x 8 tokens per view fill 2 x 2 windows of 7
-    assert [e / f for e, f in zip(rows["eager"], rows["form"], strict=True)][-1] == 14 * 14 / (8 * 8)
-    assert sum(e > f for e, f in zip(rows["eager"], rows["form"], strict=True)) == 1
-    assert saved > 0 and eager_flops - form_flops == saved
+    linear = ("aten.addmm", "aten.mm")
+    assert sum(eager_flops[op] - form_flops[op] for op in linear) == saved > 0
+    assert 0 < form_flops["aten.bmm"] < eager_flops["aten.bmm"]
     assert compare_logits(eager, form, "rewrite", name="export form")
 
 

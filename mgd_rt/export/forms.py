@@ -10,13 +10,15 @@ never changed for good):
   and MCEM's sine codes are constants for that size too (MCEM caches them per size already;
   one warm-up call fills the cache before tracing);
 - Hiera's windowed blocks project the attention's output after cropping the zero padding the windows
-  needed, not before (:func:`cropped_window_block`);
+  needed, not before (:func:`cropped_window_block`), or, for the CPU graph, compute nothing for that
+  padding at all (:func:`padless_window_block`);
 - for opset >= 23 (the CPU graph) Hiera's attention without query pooling becomes one ONNX Attention
   node on head-major tensors, without the four Transposes sam2's head split and merge cost.
 """
 
 from __future__ import annotations
 
+import math
 from collections.abc import Callable, Iterator
 from contextlib import contextmanager
 
@@ -46,22 +48,50 @@ class ConstantCode(nn.Module):
         return self.code
 
 
-def attend(qkv: torch.Tensor, heads: int, attention_op: bool) -> torch.Tensor:
+def attend(qkv: torch.Tensor, heads: int, attention_op: bool, padding: PaddingKey | None = None) -> torch.Tensor:
     """Multi-head scaled dot-product attention of sam2's packed projections: (B, N, 3 * heads * d), ordered
     q | k | v and head-major within each (sam2 reshapes them to (B, N, 3, heads, d)) -> (B, N, heads * d).
 
     ``attention_op``: one ONNX Attention (opset 23) on the (B, N, heads * d) tensors as they come, which splits
     the heads itself; sam2's own form splits q, k, v into (B, heads, N, d) for scaled_dot_product_attention and
     merges the heads back, which the exporter writes as four Transposes around the attention. Eager, both
-    compute the same attention.
+    compute the same attention. ``padding``: the window's zero tokens as one extra key (:class:`PaddingKey`).
     """
     b, n, _ = qkv.shape
+    mask = None
     if attention_op:
         q, k, v = qkv.chunk(3, dim=-1)  # each (B, N, heads * d)
-        return torch.onnx.ops.attention(q, k, v, q_num_heads=heads, kv_num_heads=heads)[0]
+        if padding is not None:
+            k, v, mask = padding.extend(k, v)
+        return torch.onnx.ops.attention(q, k, v, attn_mask=mask, q_num_heads=heads, kv_num_heads=heads)[0]
     q, k, v = qkv.reshape(b, n, 3, heads, -1).unbind(2)  # each (B, N, heads, d)
-    out = F.scaled_dot_product_attention(q.transpose(1, 2), k.transpose(1, 2), v.transpose(1, 2))
+    if padding is not None:
+        k, v, mask = padding.extend(k.reshape(b, n, -1), v.reshape(b, n, -1))
+        k, v = k.reshape(b, n + 1, heads, -1), v.reshape(b, n + 1, heads, -1)
+    out = F.scaled_dot_product_attention(q.transpose(1, 2), k.transpose(1, 2), v.transpose(1, 2), attn_mask=mask)
     return out.transpose(1, 2).reshape(b, n, -1)
+
+
+class PaddingKey:
+    """The zero tokens sam2 pads a window with, as one key: ``count`` identical tokens whose projections are
+    the qkv bias (k_pad, v_pad) weigh in the softmax as one key k_pad with ``log(count)`` added to its score,
+    carrying the value v_pad. The padded queries' outputs are cropped, so they need not be computed at all.
+    """
+
+    def __init__(self, key: torch.Tensor, value: torch.Tensor, count: int) -> None:
+        self.key = key.reshape(1, 1, -1)  # (1, 1, C)
+        self.value = value.reshape(1, 1, -1)
+        self.count = count
+
+    def extend(self, k: torch.Tensor, v: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
+        """k, v (B, N, C) -> k, v (B, N + 1, C) and the additive score mask (N, N + 1) (ONNX Runtime's Attention
+        wants the query length in the mask, not 1 to broadcast)."""
+        b, n, c = k.shape
+        k = torch.cat([k, self.key.expand(b, 1, c)], dim=1)
+        v = torch.cat([v, self.value.expand(b, 1, c)], dim=1)
+        mask = torch.zeros(n, n + 1, dtype=k.dtype, device=k.device)
+        mask[:, n] = math.log(self.count)
+        return k, v, mask
 
 
 def onnx_attention(attn: MultiScaleAttention) -> Callable[[torch.Tensor], torch.Tensor]:
@@ -76,6 +106,70 @@ def onnx_attention(attn: MultiScaleAttention) -> Callable[[torch.Tensor], torch.
     return forward
 
 
+def _window_runs(tokens: int, size: int) -> list[tuple[int, int, int]]:
+    """(start, stop, window) along one side of ``tokens``: whole windows of ``size`` over the largest multiple
+    of it, then one window of the tokens left over (the one sam2 pads up to ``size``)."""
+    whole = tokens - tokens % size
+    runs = [(0, whole, size)] if whole else []
+    return runs + ([(whole, tokens, tokens - whole)] if tokens % size else [])
+
+
+def _to_windows(x: torch.Tensor, wh: int, ww: int) -> torch.Tensor:
+    """(B, h, w, C) -> (B * h/wh * w/ww, wh * ww, C), windows row-major within each image."""
+    _, h, w, c = x.shape
+    x = x.reshape(-1, h // wh, wh, w // ww, ww, c).permute(0, 1, 3, 2, 4, 5)
+    return x.reshape(-1, wh * ww, c)
+
+
+def _from_windows(x: torch.Tensor, h: int, w: int, wh: int, ww: int) -> torch.Tensor:
+    """Inverse of :func:`_to_windows`: (B * h/wh * w/ww, wh * ww, C) -> (B, h, w, C)."""
+    c = x.shape[-1]
+    x = x.reshape(-1, h // wh, w // ww, wh, ww, c).permute(0, 1, 3, 2, 4, 5)
+    return x.reshape(-1, h, w, c)
+
+
+def padless_window_block(block: MultiScaleBlock, attention_op: bool) -> Callable[[torch.Tensor], torch.Tensor]:
+    """``block``'s forward without the window padding: the same numbers on the H x W tokens alone.
+
+    sam2 pads the normed tokens with zeros up to a multiple of the window, then projects, attends and
+    projects back every token, padding included: B+ at 1024 pads stage 3's 32 x 32 tokens per view to
+    42 x 42 for its 14 x 14 windows (1.72x the tokens) and stage 4's 16 x 16 to 21 x 21 for 7 x 7. Here the
+    projections run on the H x W tokens, and the windows are cut in up to four runs of equal shape (the whole
+    windows; those of the right and bottom edge, narrower or shorter; the corner), each attended on its
+    real tokens with the padding folded into one extra key (:class:`PaddingKey`). Cutting only the output
+    projection's padding (21 GFLOP of B+'s 886) was measured first; moving the input projection before
+    sam2's padding as well (83 GFLOP fewer) was 7% slower on OpenVINO bf16 (AMX), which then partitioned
+    the 3x wider, padded q, k, v. For windowed blocks without query pooling (the same width in and out).
+    """
+    attn = block.attn
+    size = block.window_size
+    width = attn.qkv.out_features // 3
+    bias = attn.qkv.bias if attn.qkv.bias is not None else attn.qkv.weight.new_zeros(3 * width)
+    key, value = bias.detach()[width:2 * width], bias.detach()[2 * width:]
+
+    def forward(x: torch.Tensor) -> torch.Tensor:  # (B, H, W, C) -> (B, H, W, C)
+        _, h, w, _ = x.shape
+        qkv = attn.qkv(block.norm1(x))  # (B, H, W, 3C)
+        rows = []
+        for top, bottom, wh in _window_runs(h, size):
+            parts = []
+            for left, right, ww in _window_runs(w, size):
+                pad = size * size - wh * ww
+                windows = _to_windows(qkv[:, top:bottom, left:right], wh, ww)
+                out = attend(windows, attn.num_heads, attention_op, PaddingKey(key, value, pad) if pad else None)
+                parts.append(_from_windows(out, bottom - top, right - left, wh, ww))
+            rows.append(torch.cat(parts, dim=2) if len(parts) > 1 else parts[0])
+        return _project_and_mlp(block, x, torch.cat(rows, dim=1) if len(rows) > 1 else rows[0])
+
+    return forward
+
+
+def _project_and_mlp(block: MultiScaleBlock, x: torch.Tensor, attended: torch.Tensor) -> torch.Tensor:
+    """The rest of a windowed block after its attention: x, attended (B, H, W, C) -> (B, H, W, C)."""
+    x = x + block.drop_path(block.attn.proj(attended))
+    return x + block.drop_path(block.mlp(block.norm2(x)))
+
+
 def cropped_window_block(block: MultiScaleBlock, attention_op: bool) -> Callable[[torch.Tensor], torch.Tensor]:
     """``block``'s forward with its attention's output projection after the window padding is cropped.
 
@@ -86,7 +180,8 @@ def cropped_window_block(block: MultiScaleBlock, attention_op: bool) -> Callable
     the padding: moving it before the padding as well (a zero token's projection is the bias) saved 83 GFLOP
     but partitions the 3x wider q, k, v into windows, and measured 7% slower on OpenVINO bf16 (AMX), where
     those copies cost more than the matrix products saved (ONNX Runtime and OpenVINO fp32: 7-11% faster).
-    For windowed blocks without query pooling (the same width in and out).
+    For windowed blocks without query pooling (the same width in and out); :func:`padless_window_block`
+    skips the padding altogether.
     """
     attn = block.attn
     size = block.window_size
@@ -97,19 +192,21 @@ def cropped_window_block(block: MultiScaleBlock, attention_op: bool) -> Callable
         qkv = attn.qkv(windows)
         out = attend(qkv.reshape(qkv.shape[0], size * size, -1), attn.num_heads, attention_op)
         out = window_unpartition(out.reshape(-1, size, size, out.shape[-1]), size, padded, (h, w))
-        x = x + block.drop_path(attn.proj(out))
-        return x + block.drop_path(block.mlp(block.norm2(x)))
+        return _project_and_mlp(block, x, out)
 
     return forward
 
 
 @contextmanager
-def export_form(model: MGDSAM2, attention_op: bool = False) -> Iterator[MGDSAM2]:
+def export_form(model: MGDSAM2, attention_op: bool = False, padless_windows: bool = False) -> Iterator[MGDSAM2]:
     """Switch ``model`` to its export form for its own ``image_size``; restore it on exit.
 
     Inside the context ``model(image)`` for image (B, 3, S, S) gives the eager logits
     (within ``TOLERANCES["rewrite"]``, asserted by tests/test_export.py). ``attention_op``: Hiera's
     attention as ONNX Attention nodes on head-major tensors (:func:`onnx_attention`; ONNX opset >= 23 only).
+    ``padless_windows``: the windowed blocks skip their padding (:func:`padless_window_block`; B+ at 1024:
+    963 -> 860 GFLOP, 6-10% faster on the CPU runtimes, but four attentions per block where there was one,
+    for the CPU graph); else they crop it before the output projection (:func:`cropped_window_block`, 942).
     """
     side = model.image_size // 2  # each view is (S/2, S/2)
     trunk = model.image_encoder.trunk
@@ -132,7 +229,8 @@ def export_form(model: MGDSAM2, attention_op: bool = False) -> Iterator[MGDSAM2]
     windowed = [m for m in trunk.modules() if isinstance(m, MultiScaleBlock) and m.window_size > 0
                 and m.attn.q_pool is None and m.dim == m.dim_out]
     for block in windowed:  # the same instance-attribute shadowing as the position code's
-        object.__setattr__(block, "forward", cropped_window_block(block, attention_op))
+        rewrite = padless_window_block if padless_windows else cropped_window_block
+        object.__setattr__(block, "forward", rewrite(block, attention_op))
     # the global blocks' attentions (the windowed blocks' forward above calls attend itself)
     attentions = [b.attn for b in trunk.modules() if isinstance(b, MultiScaleBlock) and b not in windowed
                   and b.attn.q_pool is None] if attention_op else []
