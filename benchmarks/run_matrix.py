@@ -526,8 +526,23 @@ def write_summary(json_path: Path, data: dict) -> str:
 
 
 def summarize(json_path: Path) -> int:
-    """Recompute a finished run's verdict and rewrite its summary table, from its JSON alone (no model runs)."""
-    print(write_summary(json_path, json.loads(json_path.read_text())))
+    """Recompute a finished run's verdict and rewrite its summary table, from its JSON alone (no model runs):
+    every accuracy check is held to today's tolerances first (mgd_rt.numerics.TOLERANCES, from the measures
+    each row kept), and a changed verdict is listed in the summary."""
+    from mgd_rt.bench.runner import rejudge
+    from mgd_rt.numerics import TOLERANCES
+
+    data = json.loads(json_path.read_text())
+    changed = []
+    for r in data["results"]:
+        acc = r.get("accuracy")
+        if r["status"] == "ok" and acc and rejudge(acc):
+            changed.append(f"{r.get('weights', '')} {r['label']} {_runs_on(r)} {r['precision']} B={r['batch']}: "
+                           f"{'passes' if acc['passed'] else 'fails'} ({acc['tolerance_key']}: "
+                           f"{TOLERANCES[acc['tolerance_key']]})")
+    if changed:
+        data.setdefault("matrix", {}).setdefault("rejudged", []).extend(changed)
+    print(write_summary(json_path, data))
     return 0
 
 
@@ -632,6 +647,9 @@ def summary_markdown(data: dict) -> str:
         how = "--backend openvino --dtype bf16" if graph.endswith(OPENVINO_BF16_INT8) else "defaults"
         lines.append(f"\nINT8 calibration of {graph} (`mgd-rt calibrate` {how}): {c.get('verdict', '-')}"
                      f"{restored}\n")
+    if matrix.get("rejudged"):
+        lines.append("\nRe-judged after the run (`--summarize`) against changed tolerances, from the measures "
+                     "stored: " + "; ".join(matrix["rejudged"]) + "\n")
     fastest = matrix.get("fastest_within_tolerance") or {}
     for key, what in (("best", "Fastest path within tolerance"), ("best_fp32", "Fastest FP32 path")):
         e = fastest.get(key)

@@ -9,6 +9,7 @@ masks count as IoU 1. numpy only: the light runtime uses this too.
 
 from __future__ import annotations
 
+from collections.abc import Mapping
 from dataclasses import asdict, dataclass, field
 
 import numpy as np
@@ -21,6 +22,11 @@ class Tolerance:
     max_rel_std: float | None = None
     sigmoid_mae: float | None = None
     iou_top10: float | None = None
+
+    def __str__(self) -> str:  # max|d|/std <= 0.0001, IoU top10% >= 0.9995
+        bounds = (("max|d|/std <=", self.max_rel_std), ("sigmoid MAE <=", self.sigmoid_mae),
+                  ("IoU top10% >=", self.iou_top10))
+        return ", ".join(f"{what} {bound:g}" for what, bound in bounds if bound is not None)
 
 
 # The tolerance per precision, the only place these numbers live.
@@ -121,10 +127,18 @@ def compare_logits(
         tolerance = TOLERANCES[tolerance]
     result.tolerance = tolerance
     if tolerance is not None:
-        if tolerance.max_rel_std is not None and not result.max_rel_std <= tolerance.max_rel_std:
-            result.failures.append(f"max|d|/std {result.max_rel_std:.2e} > {tolerance.max_rel_std:.0e}")
-        if tolerance.sigmoid_mae is not None and not result.sigmoid_mae <= tolerance.sigmoid_mae:
-            result.failures.append(f"sigmoid MAE {result.sigmoid_mae:.2e} > {tolerance.sigmoid_mae:.0e}")
-        if tolerance.iou_top10 is not None and not result.iou_top10 >= tolerance.iou_top10:
-            result.failures.append(f"IoU top10% {result.iou_top10:.5f} < {tolerance.iou_top10}")
+        result.failures = tolerance_failures(vars(result), tolerance)
     return result
+
+
+def tolerance_failures(measures: Mapping[str, float], tolerance: Tolerance) -> list[str]:
+    """What in ``measures`` (a comparison's max_rel_std, sigmoid_mae, iou_top10, or its dict) breaks
+    ``tolerance``, one line each; empty when within it."""
+    failures = []
+    if tolerance.max_rel_std is not None and not measures["max_rel_std"] <= tolerance.max_rel_std:
+        failures.append(f"max|d|/std {measures['max_rel_std']:.2e} > {tolerance.max_rel_std:.0e}")
+    if tolerance.sigmoid_mae is not None and not measures["sigmoid_mae"] <= tolerance.sigmoid_mae:
+        failures.append(f"sigmoid MAE {measures['sigmoid_mae']:.2e} > {tolerance.sigmoid_mae:.0e}")
+    if tolerance.iou_top10 is not None and not measures["iou_top10"] >= tolerance.iou_top10:
+        failures.append(f"IoU top10% {measures['iou_top10']:.5f} < {tolerance.iou_top10}")
+    return failures

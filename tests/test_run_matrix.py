@@ -4,6 +4,7 @@ sets is highest among those that ran and passed on every set (no torch or timing
 from __future__ import annotations
 
 import importlib.util
+import json
 import sys
 from pathlib import Path
 
@@ -97,3 +98,45 @@ def test_summary_says_how_rows_were_timed(run_matrix, rounds):
     md = run_matrix.summary_markdown(data)
     assert "| onnxruntime | onnxruntime | fp32 | 1 | 666.7 | 666.7 | 1.500 | 1.50 | - | - | - | - | yes (fp32) |" in md
     assert ("Timing: 3 rounds over a weight set's rows" in md) == (rounds == 3)
+
+
+def test_summarize_rejudges_against_todays_tolerance(run_matrix, tmp_path):
+    """A finished run's rows are held to the tolerances of today's code from the per-photo measures they kept: a
+    row that missed an older, tighter bound passes, one that passed a looser bound fails, and the verdict and
+    summary follow."""
+    from mgd_rt.numerics import TOLERANCES
+
+    bound = TOLERANCES["fp32"].iou_top10
+
+    def photo(name: str, iou: float, failures: list[str]) -> dict:
+        return {"inputs": name, "max_rel_std": 1e-5, "sigmoid_mae": 1e-7, "iou_top10": iou, "failures": failures}
+
+    def checked(photos: list[dict], passed: bool) -> dict:
+        return {"tolerance_key": "fp32", "passed": passed, "failures": [f for p in photos for f in p["failures"]],
+                "max_rel_std": 1e-5, "sigmoid_mae": 1e-7, "iou_top10": min(p["iou_top10"] for p in photos),
+                "photos": photos}
+
+    rows = [{**_row(w, backend, "fp32", speedup), "label": backend, "images_per_s": speedup, "peak_fraction": None,
+             "latency_ms": {"mean": 1e3 / speedup, "p50": 1e3 / speedup}}
+            for w in ("a", "b") for backend, speedup in (("torch", 1.0), ("openvino", 1.5), ("onnxruntime", 1.2))]
+    for r in rows:
+        r["accuracy"] = checked([photo("chelsea", 1.0, []), photo("retina", 1.0, [])], True)
+    # missed a tighter bound of an older run (still within today's)
+    rows[4]["accuracy"] = checked([photo("chelsea", 1.0, []), photo("retina", (1 + bound) / 2,
+                                                                    ["IoU top10% ... < 0.99999"])], False)
+    # passed a looser bound of an older run (below today's)
+    rows[2]["accuracy"] = checked([photo("chelsea", bound - 1e-4, []), photo("retina", 1.0, [])], True)
+    path = tmp_path / "run.json"
+    path.write_text(json.dumps({"environment": {"cpu": {"model": "Some CPU", "logical_cpus": 2, "flags": []}},
+                                "created": "2026-12-06T00:00:00+00:00", "results": rows, "matrix": {}, "flops": {},
+                                "settings": {}, "peak": {"name": "Some CPU", "source": "-"}}))
+    assert run_matrix.summarize(path) == 0
+    data = json.loads(path.read_text())
+    openvino_b, onnxruntime_b = data["results"][4]["accuracy"], data["results"][2]["accuracy"]
+    assert openvino_b["passed"] and openvino_b["failures"] == [] and openvino_b["photos"][1]["passed"]
+    assert not onnxruntime_b["passed"]
+    assert onnxruntime_b["failures"] == [f"chelsea: IoU top10% {bound - 1e-4:.5f} < {bound}"]
+    assert len(data["matrix"]["rejudged"]) == 2
+    assert data["matrix"]["fastest_within_tolerance"]["best_fp32"]["path"] == "openvino fp32 B=1"
+    md = path.with_suffix(".md").read_text()
+    assert f"a onnxruntime onnxruntime fp32 B=1: fails (fp32: max|d|/std <= 0.0001, IoU top10% >= {bound:g})" in md

@@ -289,10 +289,37 @@ def _holdout_accuracy(ref: Reference, result: BenchResult, backend: Any, photos:
              (("max_abs", max), ("max_rel_std", max), ("mean_abs", max), ("median_abs", max), ("p99_abs", max),
               ("sigmoid_mae", max), ("iou_05", min), ("iou_top10", min), ("reference_std", min))}
     shared = {key: per_photo[0][key] for key in ("tolerance", "tolerance_key", "reference", "reference_backend")}
-    failures = [f"{p['inputs']}: {f}" for p in per_photo for f in p["failures"]]
+    failures = _photo_failures(per_photo)
     return {**worst, **shared, "name": f"{result.label} {result.precision} held-out photos (worst) vs torch fp32",
             "inputs": ", ".join(name for name, _ in inputs), "failures": failures, "passed": not failures,
             "holdout": True, "photos": per_photo}
+
+
+def _photo_failures(per_photo: list[dict[str, Any]]) -> list[str]:
+    return [f"{p['inputs']}: {f}" for p in per_photo for f in p["failures"]]
+
+
+def rejudge(accuracy: dict[str, Any]) -> bool:
+    """Hold a stored accuracy check (a result's ``accuracy``) to today's tolerance of its precision, from the
+    measures it kept (each held-out photo's, else its own): rewrites ``tolerance``, ``failures`` and
+    ``passed`` in place; True when the verdict changed."""
+    from mgd_rt.numerics import TOLERANCES, tolerance_failures
+
+    key = accuracy.get("tolerance_key")
+    if key not in TOLERANCES:
+        return False
+    tolerance = TOLERANCES[key]
+    before = bool(accuracy.get("passed"))
+    photos = accuracy.get("photos")
+    for check in photos or [accuracy]:
+        check["tolerance"] = vars(tolerance)
+        check["failures"] = tolerance_failures(check, tolerance)
+        check["passed"] = not check["failures"]
+    if photos:
+        accuracy["tolerance"] = vars(tolerance)
+        accuracy["failures"] = _photo_failures(photos)
+        accuracy["passed"] = not accuracy["failures"]
+    return accuracy["passed"] != before
 
 
 def _failure(exc: BaseException) -> str:
@@ -302,4 +329,4 @@ def _failure(exc: BaseException) -> str:
     return text if isinstance(exc, MgdRtError) else f"{type(exc).__name__}: {text}"[:400]
 
 
-__all__ = ["run_bench"]
+__all__ = ["rejudge", "run_bench"]
