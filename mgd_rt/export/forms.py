@@ -136,10 +136,11 @@ def padless_window_block(block: MultiScaleBlock, attention_op: bool) -> Callable
     42 x 42 for its 14 x 14 windows (1.72x the tokens) and stage 4's 16 x 16 to 21 x 21 for 7 x 7. Here the
     projections run on the H x W tokens, and the windows are cut in up to four runs of equal shape (the whole
     windows; those of the right and bottom edge, narrower or shorter; the corner), each attended on its
-    real tokens with the padding folded into one extra key (:class:`PaddingKey`). Cutting only the output
-    projection's padding (21 GFLOP of B+'s 886) was measured first; moving the input projection before
-    sam2's padding as well (83 GFLOP fewer) was 7% slower on OpenVINO bf16 (AMX), which then partitioned
-    the 3x wider, padded q, k, v. For windowed blocks without query pooling (the same width in and out).
+    real tokens with the padding folded into one extra key (:class:`PaddingKey`): B+ at 1024 963 -> 860
+    GFLOP, 6-10% faster on ONNX Runtime and OpenVINO (fp32 and bf16, AMX). The step between, the qkv
+    projection before sam2's padding (padded with the bias), was 7% slower on OpenVINO bf16, which then
+    partitioned the 3x wider, padded q, k, v. For windowed blocks without query pooling (the same width in
+    and out).
     """
     attn = block.attn
     size = block.window_size
@@ -176,12 +177,9 @@ def cropped_window_block(block: MultiScaleBlock, attention_op: bool) -> Callable
     sam2 pads the normed tokens with zeros up to a multiple of the window and projects every token, padding
     included, on the way in (qkv) and out (proj): B+ at 1024 pads stage 3's 32 x 32 tokens to 42 x 42 for its
     14 x 14 windows (1.72x the rows) and stage 4's 16 x 16 to 21 x 21 for 7 x 7. The output projection is per
-    token, so cropping first gives the same tokens: 21 of B+'s 886 GFLOP at 1024. The qkv projection keeps
-    the padding: moving it before the padding as well (a zero token's projection is the bias) saved 83 GFLOP
-    but partitions the 3x wider q, k, v into windows, and measured 7% slower on OpenVINO bf16 (AMX), where
-    those copies cost more than the matrix products saved (ONNX Runtime and OpenVINO fp32: 7-11% faster).
-    For windowed blocks without query pooling (the same width in and out); :func:`padless_window_block`
-    skips the padding altogether.
+    token, so cropping first gives the same tokens: 21 of B+'s 963 GFLOP at 1024, in the same one attention
+    per block (the form of the graphs for GPUs; :func:`padless_window_block` skips the padding altogether).
+    For windowed blocks without query pooling (the same width in and out).
     """
     attn = block.attn
     size = block.window_size

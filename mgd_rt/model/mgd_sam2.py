@@ -97,7 +97,7 @@ class MGDSAM2(nn.Module):
         Its full-resolution convolutions place the mask's edges, and half precision there costs more accuracy
         than everywhere else together: on seeded B+ at 1024 (CPU bf16 autocast, the retina photo) top-10% IoU
         against FP32 was 0.485 with the whole network in bf16 and 0.990 with the DRM alone in FP32, which is
-        12% of the FLOPs (104 of 886 GFLOP). The same finding keeps these convolutions FP32 in INT8 graphs
+        11% of the FLOPs (104 of 963 GFLOP). The same finding keeps these convolutions FP32 in INT8 graphs
         (mgd_rt.calibration.exclusions). Without autocast (FP32, and every export) this is the plain call.
         """
         device_type = image.device.type
