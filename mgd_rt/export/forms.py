@@ -158,16 +158,19 @@ def padless_window_block(block: MultiScaleBlock, attention_op: bool) -> Callable
                 pad = size * size - wh * ww
                 windows = _to_windows(qkv[:, top:bottom, left:right], wh, ww)
                 out = attend(windows, attn.num_heads, attention_op, PaddingKey(key, value, pad) if pad else None)
-                parts.append(_from_windows(out, bottom - top, right - left, wh, ww))
+                # projected per run: a quantized MatMul after the Concat along H below broke OpenVINO 2026.4's
+                # INT8 transformations (a per-row dequantization scale it then could not broadcast)
+                parts.append(_from_windows(attn.proj(out), bottom - top, right - left, wh, ww))
             rows.append(torch.cat(parts, dim=2) if len(parts) > 1 else parts[0])
-        return _project_and_mlp(block, x, torch.cat(rows, dim=1) if len(rows) > 1 else rows[0])
+        return _residual_and_mlp(block, x, torch.cat(rows, dim=1) if len(rows) > 1 else rows[0])
 
     return forward
 
 
-def _project_and_mlp(block: MultiScaleBlock, x: torch.Tensor, attended: torch.Tensor) -> torch.Tensor:
-    """The rest of a windowed block after its attention: x, attended (B, H, W, C) -> (B, H, W, C)."""
-    x = x + block.drop_path(block.attn.proj(attended))
+def _residual_and_mlp(block: MultiScaleBlock, x: torch.Tensor, projected: torch.Tensor) -> torch.Tensor:
+    """The rest of a windowed block after its attention's output projection: x, projected (B, H, W, C) ->
+    (B, H, W, C)."""
+    x = x + block.drop_path(projected)
     return x + block.drop_path(block.mlp(block.norm2(x)))
 
 
@@ -190,7 +193,7 @@ def cropped_window_block(block: MultiScaleBlock, attention_op: bool) -> Callable
         qkv = attn.qkv(windows)
         out = attend(qkv.reshape(qkv.shape[0], size * size, -1), attn.num_heads, attention_op)
         out = window_unpartition(out.reshape(-1, size, size, out.shape[-1]), size, padded, (h, w))
-        return _project_and_mlp(block, x, out)
+        return _residual_and_mlp(block, x, attn.proj(out))
 
     return forward
 
