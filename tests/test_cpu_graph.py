@@ -106,7 +106,9 @@ def test_every_attention_is_one_attention_node(cpu_graph, torch_run):
     inputs = Counter(tuple(producers[name].op_type if name in producers else "constant" for name in node.input[:4])
                      for node in three_d)
     assert inputs == {("Split", "Split", "Split"): 3, ("Split", "Concat", "Concat", "constant"): 1}
-    assert set(consumers) == {"Reshape"}
+    # the windowed blocks project each run of windows as it comes out (padless_window_block), the global ones
+    # after merging the (B, H, W) layout back
+    assert set(consumers) == {"Reshape", "MatMul"}
     assert len(model.graph.node) < 860  # measured 820 (before the head-major form 855; opset 20: 1,100)
 
 

@@ -95,12 +95,17 @@ def test_windows_skip_the_padding(tiny_model, fixture_image):
     blocks = [b for b in tiny_model.image_encoder.trunk.modules()
               if isinstance(b, MultiScaleBlock) and b.window_size > 0 and b.attn.q_pool is None]
     projections = [p for b in blocks for p in (b.attn.qkv, b.attn.proj)]
-    rows: dict[str, list[int]] = {"eager": [], "form": []}
+    # rows each projection multiplies, summed over its calls (the form projects each run of windows apart)
+    rows: dict[str, list[int]] = {"eager": [0] * len(projections), "form": [0] * len(projections)}
     tokens: list[int] = []  # (views x H x W) entering each block
 
+    def count(form: str, i: int):
+        def hook(m, args, out) -> None:
+            rows[form][i] += args[0].numel() // m.in_features
+        return hook
+
     def measure(form: str) -> tuple[np.ndarray, dict[str, int]]:
-        hooks = [p.register_forward_hook(lambda m, args, out: rows[form].append(args[0].numel() // m.in_features))
-                 for p in projections]
+        hooks = [p.register_forward_hook(count(form, i)) for i, p in enumerate(projections)]
         if form == "eager":
             hooks += [b.register_forward_pre_hook(lambda m, args: tokens.append(args[0].numel() // m.dim))
                       for b in blocks]
