@@ -146,7 +146,14 @@ def _int8(fp32: Path, args: argparse.Namespace, unavailable: list[dict], calibra
             *(["--target", target] if target else []),
             *(["--backend", "openvino", "--dtype", "bf16"] if openvino_bf16 else [])]
     log.info("mgd-rt %s", " ".join(argv))
-    code = mgd_rt_main(argv)  # 0: the graph passes its held-out check (after recovery if that ran)
+    try:
+        code = mgd_rt_main(argv)  # 0: the graph passes its held-out check (after recovery if that ran)
+    except Exception as exc:  # recorded, and the unchecked graph removed (a rerun calibrates again): the
+        # other rows still run
+        out.unlink(missing_ok=True)
+        first = str(exc).strip().splitlines()[0][:300] if str(exc).strip() else ""
+        unavailable.append({"name": name, "reason": f"mgd-rt calibrate failed: {type(exc).__name__}: {first}"})
+        return None
     if not out.is_file():
         unavailable.append({"name": name, "reason": f"mgd-rt calibrate exited {code} without writing {out.name}"})
         return None

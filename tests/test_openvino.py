@@ -271,40 +271,6 @@ def test_int8_graph_bf16(tiny_int8, image, ort_fp32):
     assert np.abs(out - int8_f32).max() > 1e-3  # bf16 really ran on the float layers
 
 
-@pytest.fixture(scope="module")
-def tiny_cpu_int8(tiny_fp32, tmp_path_factory) -> Path:
-    """The CPU graph (opset 23, the windows without their padding) of the tiny checkpoint at S=512 with the CPU
-    placement of Q/DQ (``--target cpu``), on 4 photos: stage 4's 8 x 8 tokens per view attend in four runs of
-    windows of 7, rejoined by Concats along H and W."""
-    pytest.importorskip("modelopt.onnx.quantization", reason="nvidia-modelopt not installed (pip install -e '.[int8]')")
-    from conftest import TINY_CHECKPOINT
-
-    from mgd_rt.calibration import calibrate
-    from mgd_rt.export import export_onnx
-
-    folder = tmp_path_factory.mktemp("cpu-graph-512")
-    fp32 = export_onnx(TINY_CHECKPOINT, output=folder / "tiny.opset23.onnx", verify_graph=False, opset=23).path
-    attention = [n for n in onnx.load(str(fp32), load_external_data=False).graph.node if n.op_type == "Attention"]
-    assert len(attention) == 18 + 3  # the padded block's one attention is four
-    mp = pytest.MonkeyPatch()
-    mp.setenv("MGD_RT_CACHE", str(tmp_path_factory.mktemp("calibration-cache")))
-    try:
-        return calibrate(fp32, num_images=4, seed=0, target="cpu", output=folder / "tiny.opset23.int8.onnx")
-    finally:
-        mp.undo()
-
-
-@needs_openvino
-def test_cpu_graph_int8(tiny_cpu_int8, image, ort_fp32):
-    """OpenVINO compiles the CPU graph's INT8 form (its low-precision passes once failed on a quantized MatMul
-    after a Concat along H: the windows' output projection is now applied per run) within the int8 tolerance."""
-    with load_backend(tiny_cpu_int8, "openvino", dtype="int8") as backend:
-        out = backend.infer(image)
-    result = compare_logits(ort_fp32, out, "int8")
-    assert result, result.row()
-    assert result.max_rel_std > 1e-3  # the Q/DQ pairs ran
-
-
 @needs_openvino
 def test_fp16_graph(tiny_fp32, image, ort_fp32):
     """An FP16 graph (fp16 weights) runs in its own precision, computed in f32 on CPUs without fp16 arithmetic."""

@@ -140,3 +140,26 @@ def test_summarize_rejudges_against_todays_tolerance(run_matrix, tmp_path):
     assert data["matrix"]["fastest_within_tolerance"]["best_fp32"]["path"] == "openvino fp32 B=1"
     md = path.with_suffix(".md").read_text()
     assert f"a onnxruntime onnxruntime fp32 B=1: fails (fp32: max|d|/std <= 0.0001, IoU top10% >= {bound:g})" in md
+
+
+def test_a_calibration_that_crashes_is_recorded_and_its_graph_removed(run_matrix, tmp_path, monkeypatch):
+    """An exception inside `mgd-rt calibrate` (an ONNX Runtime that cannot load the INT8 graph it just wrote)
+    becomes one 'not run' line; the unchecked graph is not left for the next run to reuse."""
+    from argparse import Namespace
+
+    import mgd_rt.cli
+
+    fp32 = tmp_path / "model.onnx"
+    fp32.write_bytes(b"fp32")
+
+    def crashing(argv: list[str]) -> int:
+        Path(argv[argv.index("-o") + 1]).write_bytes(b"int8")
+        raise RuntimeError("[ONNXRuntimeError] : 1 : FAIL : Attempt to replace the existing tensor\ndetails")
+
+    monkeypatch.setattr(mgd_rt.cli, "main", crashing)
+    unavailable: list[dict] = []
+    args = Namespace(int8=None, calibrate=True, calibration_photos=12)
+    assert run_matrix._int8(fp32, args, unavailable, {}, target="cpu") is None
+    assert not (tmp_path / "model.int8.onnx").exists()
+    assert unavailable == [{"name": "onnxruntime int8", "reason": "mgd-rt calibrate failed: RuntimeError: "
+                            "[ONNXRuntimeError] : 1 : FAIL : Attempt to replace the existing tensor"}]
