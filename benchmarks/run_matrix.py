@@ -37,7 +37,7 @@ sys.path.insert(0, str(HERE.parent))  # the repository, so an uninstalled checko
 from mgd_rt.artifacts import write_json_atomic  # noqa: E402
 from mgd_rt.bench import Run, bench  # noqa: E402
 from mgd_rt.bench.report import computes  # noqa: E402
-from mgd_rt.errors import MgdRtError  # noqa: E402
+from mgd_rt.errors import MgdRtError, first_line  # noqa: E402
 from mgd_rt.machine import cpu_info, default_device, load_average  # noqa: E402
 from mgd_rt.runtime.backends import BACKENDS  # noqa: E402
 
@@ -151,8 +151,8 @@ def _int8(fp32: Path, args: argparse.Namespace, unavailable: list[dict], calibra
     except Exception as exc:  # recorded, and the unchecked graph removed (a rerun calibrates again): the
         # other rows still run
         out.unlink(missing_ok=True)
-        first = str(exc).strip().splitlines()[0][:300] if str(exc).strip() else ""
-        unavailable.append({"name": name, "reason": f"mgd-rt calibrate failed: {type(exc).__name__}: {first}"})
+        unavailable.append({"name": name, "reason": f"mgd-rt calibrate failed: {type(exc).__name__}: "
+                            f"{first_line(exc)}"})
         return None
     if not out.is_file():
         unavailable.append({"name": name, "reason": f"mgd-rt calibrate exited {code} without writing {out.name}"})

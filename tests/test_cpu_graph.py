@@ -193,8 +193,6 @@ def test_int8_tensorrt_target_needs_onnxruntime_basic_optimizations(cpu_graph, i
 def cpu_int8_512(tmp_path_factory) -> Path:
     """The CPU graph at S=512, calibrated with the cpu placement on 4 photos: there stage 4's 8 x 8 tokens per
     view attend in four runs of windows of 7 (at 256 they fill one window), each projected by the same weight."""
-    if not HAVE_MODELOPT:
-        pytest.skip("nvidia-modelopt not installed (pip install -e '.[int8]')")
     from mgd_rt.calibration import calibrate
     from mgd_rt.export import export_onnx
 
@@ -209,6 +207,7 @@ def cpu_int8_512(tmp_path_factory) -> Path:
         mp.undo()
 
 
+@pytest.mark.skipif(not HAVE_MODELOPT, reason="nvidia-modelopt not installed (pip install -e '.[int8]')")
 def test_int8_runs_share_no_weight_dequantization(cpu_int8_512, tiny_io):
     """ONNX Runtime (with session.x64quantprecision, as the backend opens it) loads the graph only when each
     run's projection reads its own weight DequantizeLinear (quantize.untie_weight_dequantization)."""
@@ -228,6 +227,7 @@ def test_int8_runs_share_no_weight_dequantization(cpu_int8_512, tiny_io):
 
 
 @needs_openvino
+@pytest.mark.skipif(not HAVE_MODELOPT, reason="nvidia-modelopt not installed (pip install -e '.[int8]')")
 def test_openvino_compiles_int8_runs(cpu_int8_512, tiny_io):
     """OpenVINO 2026.4's INT8 passes failed on a quantized MatMul after a Concat (the runs once joined before
     their projection); now within the int8 tolerance."""

@@ -229,8 +229,8 @@ def export_form(model: MGDSAM2, attention_op: bool = False, padless_windows: boo
     model.pe_layer = ConstantCode(dense_pe)  # type: ignore[assignment]
     windowed = [m for m in trunk.modules() if isinstance(m, MultiScaleBlock) and m.window_size > 0
                 and m.attn.q_pool is None and m.dim == m.dim_out]
+    rewrite = padless_window_block if padless_windows else cropped_window_block
     for block in windowed:  # the same instance-attribute shadowing as the position code's
-        rewrite = padless_window_block if padless_windows else cropped_window_block
         object.__setattr__(block, "forward", rewrite(block, attention_op))
     # the global blocks' attentions (the windowed blocks' forward above calls attend itself)
     attentions = [b.attn for b in trunk.modules() if isinstance(b, MultiScaleBlock) and b not in windowed
