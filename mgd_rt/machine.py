@@ -86,6 +86,31 @@ def cpu_info() -> dict[str, Any]:
             "clock_source": clock_source, "flags": interesting}
 
 
+# the ISA classes (cpu_isa) whose integer dot products sum 8-bit products straight into 32 bits
+VNNI_ISAS = ("amx", "avx512_vnni", "avx_vnni")
+
+
+def cpu_isa(flags: list[str] | set[str]) -> str:
+    """The x86 ISA class that decides ONNX Runtime's (MLAS) integer kernels, from /proc/cpuinfo ``flags``.
+
+    amx (AMX-INT8 tiles), avx512_vnni, avx_vnni (AVX2 with VNNI, e.g. Alder Lake), avx512 (no
+    VNNI), avx2, or "other". Without VNNI, MLAS's U8 x S8 kernels add pairs of 8-bit products in
+    16-bit sums that saturate (ONNX Runtime's ``session.x64quantprecision`` documentation).
+    """
+    flags = set(flags)
+    if "amx_int8" in flags:
+        return "amx"
+    if "avx512_vnni" in flags:
+        return "avx512_vnni"
+    if "avx_vnni" in flags:
+        return "avx_vnni"
+    if "avx512bw" in flags or "avx512f" in flags:
+        return "avx512"
+    if "avx2" in flags:
+        return "avx2"
+    return "other"
+
+
 def load_average() -> list[float] | None:
     """The 1, 5 and 15 minute load averages; None where the platform has none (Windows)."""
     return list(os.getloadavg()) if hasattr(os, "getloadavg") else None

@@ -19,7 +19,9 @@ import onnx
 import pytest
 from conftest import TINY_CHECKPOINT, needs_openvino, needs_openvino_bf16
 
+from mgd_rt.contract import INPUT_NAME
 from mgd_rt.errors import MgdRtError
+from mgd_rt.machine import VNNI_ISAS, cpu_info, cpu_isa
 from mgd_rt.numerics import TOLERANCES, compare_logits  # with a TOLERANCES key
 
 SIZE = 256
@@ -169,7 +171,6 @@ def test_int8_tensorrt_target_needs_onnxruntime_basic_optimizations(cpu_graph, i
     import onnxruntime as ort
 
     from mgd_rt.calibration import calibrate
-    from mgd_rt.contract import INPUT_NAME
     from mgd_rt.runtime.backends import load_backend
 
     int8 = calibrate(cpu_graph, num_images=4, seed=0, target="tensorrt",
@@ -209,9 +210,9 @@ def cpu_int8_512(tmp_path_factory) -> Path:
 
 @pytest.mark.skipif(not HAVE_MODELOPT, reason="nvidia-modelopt not installed (pip install -e '.[int8]')")
 def test_int8_runs_share_no_weight_dequantization(cpu_int8_512, tiny_io):
-    """ONNX Runtime (with session.x64quantprecision, as the backend opens it) loads the graph only when each
-    run's projection reads its own weight DequantizeLinear (quantize.untie_weight_dequantization)."""
-    from mgd_rt.runtime.backends import load_backend
+    """ONNX Runtime with session.x64quantprecision (as the backend opens it on CPUs without VNNI) loads the graph
+    only when each run's projection reads its own weight DequantizeLinear (quantize.untie_weight_dequantization)."""
+    from mgd_rt.runtime.backends.onnxruntime_backend import ort_session
 
     model = onnx.load(str(cpu_int8_512))
     readers = Counter(name for node in model.graph.node for name in node.input)
@@ -219,11 +220,43 @@ def test_int8_runs_share_no_weight_dequantization(cpu_int8_512, tiny_io):
     dequantized = [n for n in model.graph.node if n.op_type == "DequantizeLinear" and n.input[0] in weights]
     assert all(readers[n.output[0]] == 1 for n in dequantized)
     assert sum(n.name.endswith(("_untied1", "_untied2", "_untied3")) for n in dequantized) == 3
-    with load_backend(cpu_int8_512) as backend:
-        out = backend.infer(tiny_io["image"])
+    session = ort_session(cpu_int8_512, x64quantprecision=True)
+    assert session.get_session_options().get_session_config_entry("session.x64quantprecision") == "1"
+    out = np.concatenate([session.run(None, {INPUT_NAME: tiny_io["image"][i:i + 1]})[0]
+                          for i in range(len(tiny_io["image"]))])
     results = compare_each(tiny_io["mask_logits"], out, "int8")
     assert all(results), "\n".join(r.row() for r in results)
     assert min(r.max_rel_std for r in results) > 1e-3  # INT8 really ran
+
+
+@pytest.mark.parametrize(("flags", "expected"), [
+    (["avx", "avx2", "fma"], "1"),
+    (["avx2", "avx512f", "avx512bw"], "1"),
+    (["avx2", "avx512f", "avx512_vnni"], "0"),
+    (["avx2", "avx_vnni"], "0"),
+    (["avx2", "avx512f", "avx512_vnni", "amx_int8", "amx_tile"], "0"),
+])
+def test_x64quantprecision_only_without_vnni(monkeypatch, cpu_graph, flags, expected):
+    """The backend's sessions convert S8 weights to U8 (session.x64quantprecision) only where U8S8 sums saturate."""
+    from mgd_rt.runtime.backends import onnxruntime_backend
+
+    monkeypatch.setattr(onnxruntime_backend, "cpu_info", lambda: {"flags": flags})
+    session = onnxruntime_backend.ort_session(cpu_graph, optimize=False)
+    assert session.get_session_options().get_session_config_entry("session.x64quantprecision") == expected
+
+
+@pytest.mark.skipif(not HAVE_MODELOPT, reason="nvidia-modelopt not installed (pip install -e '.[int8]')")
+@pytest.mark.skipif(cpu_isa(cpu_info()["flags"]) not in VNNI_ISAS,
+                    reason="this CPU has no VNNI: there U8S8 sums saturate and x64quantprecision changes the logits")
+def test_vnni_integer_kernels_match_the_u8u8_ones(cpu_int8_512, tiny_io):
+    """Where the CPU has VNNI, the U8S8 kernels the backend uses give the logits of the U8U8 ones, bit for bit."""
+    from mgd_rt.runtime.backends.onnxruntime_backend import ort_session
+
+    logits = []
+    for x64 in (True, False):
+        session = ort_session(cpu_int8_512, x64quantprecision=x64)
+        logits.append(session.run(None, {INPUT_NAME: tiny_io["image"][:1]})[0])
+    np.testing.assert_array_equal(logits[0], logits[1])
 
 
 @needs_openvino

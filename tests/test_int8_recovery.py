@@ -35,8 +35,8 @@ from mgd_rt.calibration.recovery import (  # noqa: E402
     recoverable_nodes,
     target_tolerance,
 )
-from mgd_rt.calibration.report import cpu_isa  # noqa: E402
 from mgd_rt.export.graph import read_metadata  # noqa: E402
+from mgd_rt.machine import VNNI_ISAS, cpu_isa  # noqa: E402
 
 WEIGHTS = ("fixture", 0, 1)
 
@@ -113,7 +113,8 @@ def test_defaults_pass_on_three_weight_sets(calibrated, weights):
     # which kernels and settings ran
     runtime = data["runtime"]
     assert runtime["isa"] == cpu_isa(cpu_info()["flags"])
-    assert runtime["session_config"]["session.x64quantprecision"] == "1"
+    exact_u8s8 = runtime["isa"] in VNNI_ISAS
+    assert runtime["session_config"]["session.x64quantprecision"] == ("0" if exact_u8s8 else "1")
     assert runtime["optimized_ops"].get("MatMulIntegerToFloat", 0) >= 20  # the quantized MatMuls run as integer
     meta = read_metadata(onnx.load(str(run["int8"]), load_external_data=False))
     if data["recovery"] is None:  # the calibrated graph passed as it was

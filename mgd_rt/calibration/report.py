@@ -19,6 +19,7 @@ from mgd_rt.calibration import data as calib_data
 from mgd_rt.calibration.check_backend import CheckBackend
 from mgd_rt.contract import IMAGENET_MEAN, IMAGENET_STD
 from mgd_rt.errors import MgdRtError
+from mgd_rt.machine import VNNI_ISAS, cpu_info, cpu_isa
 from mgd_rt.numerics import TOLERANCES, Comparison, Tolerance, compare_logits
 from mgd_rt.runtime.samples import HOLDOUT_PHOTOS
 
@@ -34,27 +35,6 @@ KERNEL_OPS = INTEGER_OPS + ("QuantizeLinear", "DequantizeLinear", "DynamicQuanti
 INTEGER_SESSION_KEYS = ("session.x64quantprecision", "session.qdqisint8allowed", "session.disable_quant_qdq")
 
 
-def cpu_isa(flags: list[str] | set[str]) -> str:
-    """The x86 ISA class that decides ONNX Runtime's (MLAS) integer kernels, from /proc/cpuinfo ``flags``.
-
-    amx (AMX-INT8 tiles), avx512_vnni, avx_vnni (AVX2 with VNNI, e.g. Alder Lake), avx512 (no
-    VNNI), avx2, or "other". Without VNNI, MLAS's U8 x S8 kernels add pairs of 8-bit products in
-    16-bit sums that saturate (ONNX Runtime's ``session.x64quantprecision`` documentation).
-    """
-    flags = set(flags)
-    if "amx_int8" in flags:
-        return "amx"
-    if "avx512_vnni" in flags:
-        return "avx512_vnni"
-    if "avx_vnni" in flags:
-        return "avx_vnni"
-    if "avx512bw" in flags or "avx512f" in flags:
-        return "avx512"
-    if "avx2" in flags:
-        return "avx2"
-    return "other"
-
-
 def runtime_facts(session, model: str | Path | bytes) -> dict:
     """What ONNX Runtime ran ``model`` with: CPU, ISA class, integer-relevant session settings, fused ops.
 
@@ -62,16 +42,14 @@ def runtime_facts(session, model: str | Path | bytes) -> dict:
     for one more session that saves ONNX Runtime's optimized graph, whose op types are counted
     (QLinearConv, MatMulIntegerToFloat: integer kernels; MatMul, Conv: float ones), as is the
     number of S8 weights ONNX Runtime turned into U8 for its exact U8 x U8 kernels
-    (``*_s8_2_u8`` initializers: where ``session.x64quantprecision`` is 1 and MLAS reports that its U8 x S8
-    kernels could overflow; ONNX Runtime 1.32 does so on this AVX-512 VNNI EPYC too).
+    (``*_s8_2_u8`` initializers: where ``session.x64quantprecision`` is 1, which ``ort_session`` sets on CPUs
+    without VNNI, and MLAS reports that its U8 x S8 kernels could overflow).
     """
     import collections
     import tempfile
 
     import onnx
     import onnxruntime as ort
-
-    from mgd_rt.machine import cpu_info
 
     cpu = cpu_info()
     isa = cpu_isa(cpu["flags"])
@@ -89,7 +67,7 @@ def runtime_facts(session, model: str | Path | bytes) -> dict:
                              providers=session.get_providers())
         optimized = onnx.load(options.optimized_model_filepath, load_external_data=False)
     ops = collections.Counter(n.op_type for n in optimized.graph.node)
-    exact = isa in ("amx", "avx512_vnni", "avx_vnni") or not isa.startswith("avx")
+    exact = isa in VNNI_ISAS or not isa.startswith("avx")
     return {
         "cpu": cpu["model"], "isa": isa, "cpu_flags": cpu["flags"],
         "u8s8_exact": exact,
@@ -110,8 +88,6 @@ def runtime_facts(session, model: str | Path | bytes) -> dict:
 
 def openvino_facts(description: str) -> dict:
     """What OpenVINO ran an INT8 graph with: CPU, ISA class, and the backend's own description."""
-    from mgd_rt.machine import cpu_info
-
     cpu = cpu_info()
     return {"cpu": cpu["model"], "isa": cpu_isa(cpu["flags"]), "cpu_flags": cpu["flags"], "backend": description}
 
