@@ -196,6 +196,20 @@ def test_peak_table():
     assert math.isfinite(cpu_peak()["tflops"]["int8"])
 
 
+def test_cpu_peak_carries_the_measured_gemm_rate():
+    """The CPU's peak row adds the FP32 GEMM rate measured at the start, and the clock it implies, to its source."""
+    from mgd_rt.bench.peaks import machine_peak
+
+    info = cpu_info()
+    peak = machine_peak({"cpu": info}, "cpu")
+    gemm = peak["fp32_gemm_measured"]
+    fp32_per_cycle = peak["flops_per_cycle_per_core"]["fp32"] * info["logical_cpus"]
+    # no CPU clocks its FP32 units above 6 GHz: a faster "rate" would be a broken timing
+    assert 0 < gemm["gflops"] < fp32_per_cycle * 6.0
+    assert f"FP32 GEMM measured at the start: {gemm['gflops']:.0f} GFLOP/s" in peak["source"]
+    assert f"{gemm['threads']} threads" in gemm["method"]
+
+
 def test_holdout_accuracy_checks_every_held_out_photo(onnx_path, tmp_path):
     """``holdout``: each of calibration's six held-out photos at batch 1, the worst value of each measure, and a
     failure names its photo; weights other than the graph's (seeded tiny) fail on every photo."""
