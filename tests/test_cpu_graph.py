@@ -96,10 +96,11 @@ def test_every_attention_is_one_attention_node(cpu_graph, torch_run):
     # attention, which feeds only the token outputs (IoU and object heads) the graph drops; no Softmax left
     # over (the opset-20 graph has 18 Softmax, each with its MatMuls, Mul and layout ops)
     assert ops["Attention"] == calls - 1 == 18 and ops["Softmax"] == 0
-    # Hiera's blocks without query pooling (tiny: 4 of 7) pass head-major (B, N, heads * d) tensors and let
-    # Attention split the heads: no Transpose before or after them (export_form's onnx_attention). Stage 4's
-    # 4 x 4 tokens per view fill less than one window of 7: its attention appends the padding's key and value
-    # (Concat) and weighs it with a constant mask (export_form's padless_window_block)
+    # Hiera's blocks (tiny: all 7) pass head-major (B, N, heads * d) tensors and let Attention split the heads:
+    # no Transpose before or after them (export_form's onnx_attention). Stage 4's 4 x 4 tokens per view fill
+    # less than one window of 7: its attention appends the padding's key and value (Concat) and weighs it with
+    # a constant mask (export_form's padless_window_block). The stages' first blocks pool their queries
+    # (Reshape after the pooling), stage 4's first within one window of stage 3's 14 (padless_pooling_block)
     three_d = [n for n in model.graph.node if n.op_type == "Attention"
                and {a.name: a.i for a in n.attribute}.get("q_num_heads", 0) > 0]
     producers = {out: node for node in model.graph.node for out in node.output}
@@ -107,7 +108,8 @@ def test_every_attention_is_one_attention_node(cpu_graph, torch_run):
                         if name in {n.output[0] for n in three_d})
     inputs = Counter(tuple(producers[name].op_type if name in producers else "constant" for name in node.input[:4])
                      for node in three_d)
-    assert inputs == {("Split", "Split", "Split"): 3, ("Split", "Concat", "Concat", "constant"): 1}
+    assert inputs == {("Split", "Split", "Split"): 3, ("Split", "Concat", "Concat", "constant"): 1,
+                      ("Reshape", "Split", "Split"): 2, ("Reshape", "Concat", "Concat", "constant"): 1}
     # the windowed blocks project each run of windows as it comes out (padless_window_block), the global ones
     # after merging the (B, H, W) layout back
     assert set(consumers) == {"Reshape", "MatMul"}
@@ -193,13 +195,14 @@ def test_int8_tensorrt_target_needs_onnxruntime_basic_optimizations(cpu_graph, i
 @pytest.fixture(scope="module")
 def cpu_int8_512(tmp_path_factory) -> Path:
     """The CPU graph at S=512, calibrated with the cpu placement on 4 photos: there stage 4's 8 x 8 tokens per
-    view attend in four runs of windows of 7 (at 256 they fill one window), each projected by the same weight."""
+    view attend in four runs of windows of 7 (at 256 they fill one window), and its first block's 16 x 16 in
+    four runs of stage 3's 14, each run projected by the same weight."""
     from mgd_rt.calibration import calibrate
     from mgd_rt.export import export_onnx
 
     folder = tmp_path_factory.mktemp("cpu-graph-512")
     fp32 = export_onnx(TINY_CHECKPOINT, output=folder / "tiny.opset23.onnx", verify_graph=False, opset=23).path
-    assert op_counts(fp32)["Attention"] == 18 + 3  # the padded block's one attention is four
+    assert op_counts(fp32)["Attention"] == 18 + 3 + 3  # each padded block's one attention is four
     mp = pytest.MonkeyPatch()
     mp.setenv("MGD_RT_CACHE", str(tmp_path_factory.mktemp("calibration-cache")))
     try:
@@ -219,7 +222,8 @@ def test_int8_runs_share_no_weight_dequantization(cpu_int8_512, tiny_io):
     weights = {t.name for t in model.graph.initializer}
     dequantized = [n for n in model.graph.node if n.op_type == "DequantizeLinear" and n.input[0] in weights]
     assert all(readers[n.output[0]] == 1 for n in dequantized)
-    assert sum(n.name.endswith(("_untied1", "_untied2", "_untied3")) for n in dequantized) == 3
+    # stage 4's windowed block and its first block: four runs each, one weight each
+    assert sum(n.name.endswith(("_untied1", "_untied2", "_untied3")) for n in dequantized) == 3 + 3
     session = ort_session(cpu_int8_512, x64quantprecision=True)
     assert session.get_session_options().get_session_config_entry("session.x64quantprecision") == "1"
     out = np.concatenate([session.run(None, {INPUT_NAME: tiny_io["image"][i:i + 1]})[0]

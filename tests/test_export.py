@@ -84,16 +84,38 @@ def test_padless_window_block_equals_sam2(tokens, attention_op):
     assert compare_logits(expected, got, "rewrite", name=f"padless block {tokens}")
 
 
+@pytest.mark.parametrize("attention_op", [False, True], ids=["sdpa", "onnx-attention"])
+@pytest.mark.parametrize("tokens", [(10, 14), (12, 6), (2, 6), (8, 12)],
+                         ids=["edges", "one-padded-side", "smaller-than-a-window", "no-padding"])
+def test_padless_pooling_block_equals_sam2(tokens, attention_op):
+    """A stage's first block (query pooling, 16 -> 32 channels) without its window padding gives sam2's block
+    output (TOLERANCES['rewrite']): runs of whole, edge and corner windows, padding on one side, a side shorter
+    than a window, and no padding at all (sam2's block takes even sides only)."""
+    from sam2.modeling.backbones.hieradet import MultiScaleBlock
+
+    from mgd_rt.export.forms import padless_pooling_block
+
+    torch.manual_seed(0)
+    block = MultiScaleBlock(dim=16, dim_out=32, num_heads=2, q_stride=(2, 2), window_size=4).eval()
+    torch.nn.init.normal_(block.attn.qkv.bias, std=1.0)  # the padding's keys and values are this bias
+    x = torch.randn(2, *tokens, 16)
+    with torch.no_grad():
+        expected = block(x).numpy()
+        got = padless_pooling_block(block, attention_op)(x).numpy()
+    assert got.shape == expected.shape == (2, tokens[0] // 2, tokens[1] // 2, 32)
+    assert compare_logits(expected, got, "rewrite", name=f"padless pooling block {tokens}")
+
+
 def test_windows_skip_the_padding(tiny_model, fixture_image):
-    """The windowed blocks' projections run on the H x W tokens, not on the windows' zero padding: the export
-    form's trunk does exactly 2 C_in C_out fewer projection FLOPs per padding token, fewer attention FLOPs, and
-    gives the eager logits (TOLERANCES['rewrite'])."""
+    """The windowed blocks' projections (those of the stages' first, query-pooling blocks too) run on the H x W
+    tokens, not on the windows' zero padding: the export form's trunk does exactly 2 C_in C_out fewer projection
+    FLOPs per padding token, fewer attention FLOPs, and gives the eager logits (TOLERANCES['rewrite'])."""
     from sam2.modeling.backbones.hieradet import MultiScaleBlock
     from torch.nn.attention import SDPBackend, sdpa_kernel
     from torch.utils.flop_counter import FlopCounterMode
 
     blocks = [b for b in tiny_model.image_encoder.trunk.modules()
-              if isinstance(b, MultiScaleBlock) and b.window_size > 0 and b.attn.q_pool is None]
+              if isinstance(b, MultiScaleBlock) and b.window_size > 0]
     projections = [p for b in blocks for p in (b.attn.qkv, b.attn.proj)]
     # rows each projection multiplies, summed over its calls (the form projects each run of windows apart)
     rows: dict[str, list[int]] = {"eager": [0] * len(projections), "form": [0] * len(projections)}
@@ -122,11 +144,15 @@ def test_windows_skip_the_padding(tiny_model, fixture_image):
         eager, eager_flops = measure("eager")
         with export_form(tiny_model, padless_windows=True):
             form, form_flops = measure("form")
-    assert rows["form"] == [n for n in tokens for _ in range(2)]  # qkv and proj see the real tokens only
+    # qkv and proj see the real tokens only (proj the pooled ones in a query-pooling block)
+    pooled = [b.q_stride[0] * b.q_stride[1] if b.q_stride else 1 for b in blocks]
+    assert rows["form"] == [r for n, p in zip(tokens, pooled, strict=True) for r in (n, n // p)]
     padded = [e > f for e, f in zip(rows["eager"], rows["form"], strict=True)]
-    # tiny at 512: one windowed block is padded (its qkv and proj), stage 4's, whose 8 x 8 tokens per view
-    # fill 2 x 2 windows of 7
-    assert padded == [False] * 4 + [True] * 2 and rows["eager"][-1] / rows["form"][-1] == 14 * 14 / (8 * 8)
+    # tiny at 512: two blocks are padded (their qkv and proj): stage 4's first, whose 16 x 16 tokens per view
+    # fill 2 x 2 windows of stage 3's 14 (pooled: 7), and stage 4's windowed one, whose 8 x 8 fill 2 x 2 of 7
+    assert padded == [False] * 8 + [True] * 4
+    assert [e / f for e, f in zip(rows["eager"][-4:], rows["form"][-4:], strict=True)] == [
+        28 * 28 / (16 * 16), 14 * 14 / (8 * 8), 14 * 14 / (8 * 8), 14 * 14 / (8 * 8)]
     saved = sum(2 * p.in_features * p.out_features * (e - f) for p, e, f in zip(projections, rows["eager"],
                                                                                 rows["form"], strict=True))
     linear = ("aten.addmm", "aten.mm")

@@ -11,7 +11,7 @@ never changed for good):
   one warm-up call fills the cache before tracing);
 - Hiera's windowed blocks project the attention's output after cropping the zero padding the windows
   needed, not before (:func:`cropped_window_block`), or, for the CPU graph, compute nothing for that
-  padding at all (:func:`padless_window_block`);
+  padding at all (:func:`padless_window_block`, :func:`padless_pooling_block`);
 - for opset >= 23 (the CPU graph) Hiera's attention without query pooling becomes one ONNX Attention
   node on head-major tensors, without the four Transposes sam2's head split and merge cost.
 """
@@ -24,7 +24,7 @@ from contextlib import contextmanager
 
 import torch
 import torch.nn.functional as F
-from sam2.modeling.backbones.hieradet import MultiScaleAttention, MultiScaleBlock
+from sam2.modeling.backbones.hieradet import MultiScaleAttention, MultiScaleBlock, do_pool
 from sam2.modeling.backbones.utils import window_partition, window_unpartition
 from torch import nn
 
@@ -48,28 +48,40 @@ class ConstantCode(nn.Module):
         return self.code
 
 
-def attend(qkv: torch.Tensor, heads: int, attention_op: bool, padding: PaddingKey | None = None) -> torch.Tensor:
+def attend(
+    qkv: torch.Tensor,
+    heads: int,
+    attention_op: bool,
+    padding: PaddingKey | None = None,
+    pool_queries: Callable[[torch.Tensor], torch.Tensor] | None = None,
+) -> torch.Tensor:
     """Multi-head scaled dot-product attention of sam2's packed projections: (B, N, 3 * heads * d), ordered
-    q | k | v and head-major within each (sam2 reshapes them to (B, N, 3, heads, d)) -> (B, N, heads * d).
+    q | k | v and head-major within each (sam2 reshapes them to (B, N, 3, heads, d)) -> (B, N_q, heads * d).
 
     ``attention_op``: one ONNX Attention (opset 23) on the (B, N, heads * d) tensors as they come, which splits
     the heads itself; sam2's own form splits q, k, v into (B, heads, N, d) for scaled_dot_product_attention and
     merges the heads back, which the exporter writes as four Transposes around the attention. Eager, both
     compute the same attention. ``padding``: the window's zero tokens as one extra key (:class:`PaddingKey`).
+    ``pool_queries``: (B, N, heads * d) -> (B, N_q, heads * d), the query pooling of a stage's first block;
+    without it N_q = N.
     """
     b, n, _ = qkv.shape
     mask = None
     if attention_op:
         q, k, v = qkv.chunk(3, dim=-1)  # each (B, N, heads * d)
+        if pool_queries is not None:
+            q = pool_queries(q)
         if padding is not None:
-            k, v, mask = padding.extend(k, v)
+            k, v, mask = padding.extend(k, v, q.shape[1])
         return torch.onnx.ops.attention(q, k, v, attn_mask=mask, q_num_heads=heads, kv_num_heads=heads)[0]
     q, k, v = qkv.reshape(b, n, 3, heads, -1).unbind(2)  # each (B, N, heads, d)
+    if pool_queries is not None:
+        q = pool_queries(q.reshape(b, n, -1)).reshape(b, -1, heads, q.shape[-1])
     if padding is not None:
-        k, v, mask = padding.extend(k.reshape(b, n, -1), v.reshape(b, n, -1))
+        k, v, mask = padding.extend(k.reshape(b, n, -1), v.reshape(b, n, -1), q.shape[1])
         k, v = k.reshape(b, n + 1, heads, -1), v.reshape(b, n + 1, heads, -1)
     out = F.scaled_dot_product_attention(q.transpose(1, 2), k.transpose(1, 2), v.transpose(1, 2), attn_mask=mask)
-    return out.transpose(1, 2).reshape(b, n, -1)
+    return out.transpose(1, 2).reshape(b, q.shape[1], -1)
 
 
 class PaddingKey:
@@ -83,15 +95,22 @@ class PaddingKey:
         self.value = value.reshape(1, 1, -1)
         self.count = count
 
-    def extend(self, k: torch.Tensor, v: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
-        """k, v (B, N, C) -> k, v (B, N + 1, C) and the additive score mask (N, N + 1) (ONNX Runtime's Attention
-        wants the query length in the mask, not 1 to broadcast)."""
+    def extend(self, k: torch.Tensor, v: torch.Tensor, queries: int) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
+        """k, v (B, N, C) -> k, v (B, N + 1, C) and the additive score mask (queries, N + 1) (ONNX Runtime's
+        Attention wants the query length in the mask, not 1 to broadcast)."""
         b, n, c = k.shape
         k = torch.cat([k, self.key.expand(b, 1, c)], dim=1)
         v = torch.cat([v, self.value.expand(b, 1, c)], dim=1)
-        mask = torch.zeros(n, n + 1, dtype=k.dtype, device=k.device)
+        mask = torch.zeros(queries, n + 1, dtype=k.dtype, device=k.device)
         mask[:, n] = math.log(self.count)
         return k, v, mask
+
+    @staticmethod
+    def of(attn: MultiScaleAttention) -> tuple[torch.Tensor, torch.Tensor]:
+        """(key, value) of a zero token under ``attn``'s qkv projection: the k and v thirds of its bias."""
+        width = attn.qkv.out_features // 3
+        bias = attn.qkv.bias if attn.qkv.bias is not None else attn.qkv.weight.new_zeros(3 * width)
+        return bias.detach()[width:2 * width], bias.detach()[2 * width:]
 
 
 def onnx_attention(attn: MultiScaleAttention) -> Callable[[torch.Tensor], torch.Tensor]:
@@ -134,35 +153,76 @@ def padless_window_block(block: MultiScaleBlock, attention_op: bool) -> Callable
     sam2 pads the normed tokens with zeros up to a multiple of the window, then projects, attends and
     projects back every token, padding included: B+ at 1024 pads stage 3's 32 x 32 tokens per view to
     42 x 42 for its 14 x 14 windows (1.72x the tokens) and stage 4's 16 x 16 to 21 x 21 for 7 x 7. Here the
-    projections run on the H x W tokens, and the windows are cut in up to four runs of equal shape (the whole
-    windows; those of the right and bottom edge, narrower or shorter; the corner), each attended on its
-    real tokens with the padding folded into one extra key (:class:`PaddingKey`): B+ at 1024 963 -> 860
-    GFLOP, 6-10% faster on ONNX Runtime and OpenVINO (fp32 and bf16, AMX). The step between, the qkv
-    projection before sam2's padding (padded with the bias), was 7% slower on OpenVINO bf16, which then
-    partitioned the 3x wider, padded q, k, v. For windowed blocks without query pooling (the same width in
-    and out).
+    windows are cut in up to four runs of equal shape (the whole windows; those of the right and bottom
+    edge, narrower or shorter; the corner), each projected and attended on its real tokens with the padding
+    folded into one extra key (:class:`PaddingKey`): B+ at 1024 963 -> 860 GFLOP (849 with
+    :func:`padless_pooling_block`), 6-10% faster on ONNX Runtime and OpenVINO (fp32 and bf16, AMX). Each
+    run is cut from the normed tokens and then projected, so the windows' layout moves C channels, not the
+    3C of q, k, v: projecting the whole map first and cutting q, k, v was 5% slower on OpenVINO fp32, 7% on
+    bf16, 2% on ONNX Runtime (B+ at 1024, interleaved pairs, Emerald Rapids). For windowed blocks without
+    query pooling (the same width in and out).
     """
     attn = block.attn
     size = block.window_size
-    width = attn.qkv.out_features // 3
-    bias = attn.qkv.bias if attn.qkv.bias is not None else attn.qkv.weight.new_zeros(3 * width)
-    key, value = bias.detach()[width:2 * width], bias.detach()[2 * width:]
+    key, value = PaddingKey.of(attn)
 
     def forward(x: torch.Tensor) -> torch.Tensor:  # (B, H, W, C) -> (B, H, W, C)
         _, h, w, _ = x.shape
-        qkv = attn.qkv(block.norm1(x))  # (B, H, W, 3C)
+        normed = block.norm1(x)
         rows = []
         for top, bottom, wh in _window_runs(h, size):
             parts = []
             for left, right, ww in _window_runs(w, size):
                 pad = size * size - wh * ww
-                windows = _to_windows(qkv[:, top:bottom, left:right], wh, ww)
+                windows = attn.qkv(_to_windows(normed[:, top:bottom, left:right], wh, ww))  # (Bw, wh ww, 3C)
                 out = attend(windows, attn.num_heads, attention_op, PaddingKey(key, value, pad) if pad else None)
                 # projected per run: a quantized MatMul after the Concat along H below broke OpenVINO 2026.4's
                 # INT8 transformations (a per-row dequantization scale it then could not broadcast)
                 parts.append(_from_windows(attn.proj(out), bottom - top, right - left, wh, ww))
             rows.append(torch.cat(parts, dim=2) if len(parts) > 1 else parts[0])
         return _residual_and_mlp(block, x, torch.cat(rows, dim=1) if len(rows) > 1 else rows[0])
+
+    return forward
+
+
+def padless_pooling_block(block: MultiScaleBlock, attention_op: bool) -> Callable[[torch.Tensor], torch.Tensor]:
+    """A stage's first block (query pooling, C -> C_out channels) without its window padding: the same numbers.
+
+    sam2 pads the normed tokens to whole windows of the previous stage's size, projects q, k, v for every
+    token, max-pools q within each window and crops the pooled padding after the output projection (B+ at 1024:
+    stage 3's 32 x 32 tokens per view padded to 42 x 42 for its 14 x 14 windows before stage 4). Here, as in
+    :func:`padless_window_block`, the qkv projection runs on the H x W tokens and the windows go in runs of
+    equal shape, the padding folded into one extra key, and q is pooled inside each run's windows: sam2's
+    pooled queries, as its tokens and windows have even sides (its residual fails on odd ones), so no pooling
+    cell mixes tokens and padding. For windows a whole number of pooling cells wide.
+    """
+    attn = block.attn
+    size = block.window_size
+    width = attn.qkv.out_features // 3
+    key, value = PaddingKey.of(attn)
+    sh, sw = block.q_stride
+
+    def forward(x: torch.Tensor) -> torch.Tensor:  # (B, H, W, C) -> (B, H / sh, W / sw, C_out)
+        _, h, w, _ = x.shape
+        normed = block.norm1(x)
+        shortcut = do_pool(block.proj(normed), block.pool)  # (B, H / sh, W / sw, C_out)
+        rows = []
+        for top, bottom, wh in _window_runs(h, size):
+            parts = []
+            for left, right, ww in _window_runs(w, size):
+                ph, pw = wh // sh, ww // sw  # a pooled window
+                pad = size * size - wh * ww
+                windows = attn.qkv(_to_windows(normed[:, top:bottom, left:right], wh, ww))  # (Bw, wh ww, 3 C_out)
+
+                def pool(q: torch.Tensor, wh: int = wh, ww: int = ww) -> torch.Tensor:  # (Bw, wh ww, C_out)
+                    return do_pool(q.reshape(-1, wh, ww, width), attn.q_pool).reshape(q.shape[0], -1, width)
+
+                out = attend(windows, attn.num_heads, attention_op, PaddingKey(key, value, pad) if pad else None,
+                             pool_queries=pool)
+                parts.append(_from_windows(attn.proj(out), (bottom - top) // wh * ph, (right - left) // ww * pw,
+                                           ph, pw))
+            rows.append(torch.cat(parts, dim=2) if len(parts) > 1 else parts[0])
+        return _residual_and_mlp(block, shortcut, torch.cat(rows, dim=1) if len(rows) > 1 else rows[0])
 
     return forward
 
@@ -205,9 +265,10 @@ def export_form(model: MGDSAM2, attention_op: bool = False, padless_windows: boo
     Inside the context ``model(image)`` for image (B, 3, S, S) gives the eager logits
     (within ``TOLERANCES["rewrite"]``, asserted by tests/test_export.py). ``attention_op``: Hiera's
     attention as ONNX Attention nodes on head-major tensors (:func:`onnx_attention`; ONNX opset >= 23 only).
-    ``padless_windows``: the windowed blocks skip their padding (:func:`padless_window_block`; B+ at 1024:
-    963 -> 860 GFLOP, 6-10% faster on the CPU runtimes, but four attentions per block where there was one,
-    for the CPU graph); else they crop it before the output projection (:func:`cropped_window_block`, 942).
+    ``padless_windows``: the windowed blocks skip their padding (:func:`padless_window_block`, and
+    :func:`padless_pooling_block` for the stages' first blocks; B+ at 1024: 963 -> 849 GFLOP, faster on the
+    CPU runtimes, but four attentions per block where there was one, for the CPU graph); else they crop it
+    before the output projection (:func:`cropped_window_block`, 942).
     """
     side = model.image_size // 2  # each view is (S/2, S/2)
     trunk = model.image_encoder.trunk
@@ -232,6 +293,11 @@ def export_form(model: MGDSAM2, attention_op: bool = False, padless_windows: boo
     rewrite = padless_window_block if padless_windows else cropped_window_block
     for block in windowed:  # the same instance-attribute shadowing as the position code's
         object.__setattr__(block, "forward", rewrite(block, attention_op))
+    pooling = [m for m in trunk.modules() if isinstance(m, MultiScaleBlock) and m.window_size > 0
+               and m.q_stride and m.window_size % m.q_stride[0] == 0 and m.window_size % m.q_stride[1] == 0
+               ] if padless_windows else []
+    for block in pooling:
+        object.__setattr__(block, "forward", padless_pooling_block(block, attention_op))
     # the global blocks' attentions (the windowed blocks' forward above calls attend itself)
     attentions = [b.attn for b in trunk.modules() if isinstance(b, MultiScaleBlock) and b not in windowed
                   and b.attn.q_pool is None] if attention_op else []
@@ -246,7 +312,7 @@ def export_form(model: MGDSAM2, attention_op: bool = False, padless_windows: boo
         yield model
     finally:
         del trunk._get_pos_embed
-        for module in [*windowed, *attentions]:
+        for module in [*windowed, *pooling, *attentions]:
             del module.forward
         model.pe_layer = original_pe_layer
         use_conv2d_pairs(model, False)
