@@ -16,7 +16,7 @@ def count_flops(variant: str, image_size: int) -> dict[str, Any]:
     """FLOPs of one (1, 3, S, S) forward pass, counted once per variant and size.
 
     The useful work: the model in the CPU graph's export form (mgd_rt.export.forms), which computes nothing for
-    the zero padding of Hiera's windows (B+ at 1024: 860 GFLOP; eager PyTorch 963, the GPU graph and .pt2
+    the zero padding of Hiera's windows (B+ at 1024: 849 GFLOP; eager PyTorch 963, the GPU graph and .pt2
     packages 942), so a row's share of the peak is the useful work it did per second. FlopCounterMode counts matmuls,
     convolutions and attention (2 FLOPs per multiply-add) as dispatched by PyTorch, with attention forced to
     PyTorch's math kernel: the CPU's fused attention kernel has no FLOP formula and would count as 0.
