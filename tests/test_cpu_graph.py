@@ -224,8 +224,9 @@ def test_int8_runs_share_no_weight_dequantization(cpu_int8_512, tiny_io):
     weights = {t.name for t in model.graph.initializer}
     dequantized = [n for n in model.graph.node if n.op_type == "DequantizeLinear" and n.input[0] in weights]
     assert all(readers[n.output[0]] == 1 for n in dequantized)
-    # stage 4's windowed block and its first block: four runs each, one weight each
-    assert sum(n.name.endswith(("_untied1", "_untied2", "_untied3")) for n in dequantized) == 3 + 3
+    # stage 4's windowed block and its first block: four runs each, whose qkv and output projections read one
+    # weight each
+    assert sum(n.name.endswith(("_untied1", "_untied2", "_untied3")) for n in dequantized) == 2 * (3 + 3)
     session = ort_session(cpu_int8_512, x64quantprecision=True)
     assert session.get_session_options().get_session_config_entry("session.x64quantprecision") == "1"
     out = np.concatenate([session.run(None, {INPUT_NAME: tiny_io["image"][i:i + 1]})[0]
