@@ -21,6 +21,7 @@ from __future__ import annotations
 import math
 from collections.abc import Callable, Iterator
 from contextlib import contextmanager
+from functools import partial
 
 import torch
 import torch.nn.functional as F
@@ -162,25 +163,41 @@ def padless_window_block(block: MultiScaleBlock, attention_op: bool) -> Callable
     bf16, 2% on ONNX Runtime (B+ at 1024, interleaved pairs, Emerald Rapids). For windowed blocks without
     query pooling (the same width in and out).
     """
+    attend_runs = _padless_attention(block, attention_op)
+
+    def forward(x: torch.Tensor) -> torch.Tensor:  # (B, H, W, C) -> (B, H, W, C)
+        return _residual_and_mlp(block, x, attend_runs(block.norm1(x)))
+
+    return forward
+
+
+def _padless_attention(block: MultiScaleBlock, attention_op: bool) -> Callable[[torch.Tensor], torch.Tensor]:
+    """``block``'s windowed attention, output projection included, on the real tokens in runs of windows:
+    normed tokens (B, H, W, C) -> (B, H / sh, W / sw, C_out), (sh, sw) the block's query stride (1 without
+    query pooling). Shared by :func:`padless_window_block` and :func:`padless_pooling_block`."""
     attn = block.attn
     size = block.window_size
     key, value = PaddingKey.of(attn)
+    sh, sw = block.q_stride if attn.q_pool is not None else (1, 1)
 
-    def forward(x: torch.Tensor) -> torch.Tensor:  # (B, H, W, C) -> (B, H, W, C)
-        _, h, w, _ = x.shape
-        normed = block.norm1(x)
+    def forward(normed: torch.Tensor) -> torch.Tensor:
+        _, h, w, _ = normed.shape
         rows = []
         for top, bottom, wh in _window_runs(h, size):
             parts = []
             for left, right, ww in _window_runs(w, size):
+                ph, pw = wh // sh, ww // sw  # a window's (pooled) queries
                 pad = size * size - wh * ww
-                windows = attn.qkv(_to_windows(normed[:, top:bottom, left:right], wh, ww))  # (Bw, wh ww, 3C)
-                out = attend(windows, attn.num_heads, attention_op, PaddingKey(key, value, pad) if pad else None)
+                windows = attn.qkv(_to_windows(normed[:, top:bottom, left:right], wh, ww))  # (Bw, wh ww, 3 C_out)
+                pool = partial(_pool_queries, attn, wh, ww) if attn.q_pool is not None else None
+                out = attend(windows, attn.num_heads, attention_op, PaddingKey(key, value, pad) if pad else None,
+                             pool_queries=pool)
                 # projected per run: a quantized MatMul after the Concat along H below broke OpenVINO 2026.4's
                 # INT8 transformations (a per-row dequantization scale it then could not broadcast)
-                parts.append(_from_windows(attn.proj(out), bottom - top, right - left, wh, ww))
+                parts.append(_from_windows(attn.proj(out), (bottom - top) // wh * ph, (right - left) // ww * pw,
+                                           ph, pw))
             rows.append(torch.cat(parts, dim=2) if len(parts) > 1 else parts[0])
-        return _residual_and_mlp(block, x, torch.cat(rows, dim=1) if len(rows) > 1 else rows[0])
+        return torch.cat(rows, dim=1) if len(rows) > 1 else rows[0]
 
     return forward
 
@@ -196,35 +213,19 @@ def padless_pooling_block(block: MultiScaleBlock, attention_op: bool) -> Callabl
     pooled queries, as its tokens and windows have even sides (its residual fails on odd ones), so no pooling
     cell mixes tokens and padding. For windows a whole number of pooling cells wide.
     """
-    attn = block.attn
-    size = block.window_size
-    width = attn.qkv.out_features // 3
-    key, value = PaddingKey.of(attn)
-    sh, sw = block.q_stride
+    attend_runs = _padless_attention(block, attention_op)
 
     def forward(x: torch.Tensor) -> torch.Tensor:  # (B, H, W, C) -> (B, H / sh, W / sw, C_out)
-        _, h, w, _ = x.shape
         normed = block.norm1(x)
         shortcut = do_pool(block.proj(normed), block.pool)  # (B, H / sh, W / sw, C_out)
-        rows = []
-        for top, bottom, wh in _window_runs(h, size):
-            parts = []
-            for left, right, ww in _window_runs(w, size):
-                ph, pw = wh // sh, ww // sw  # a pooled window
-                pad = size * size - wh * ww
-                windows = attn.qkv(_to_windows(normed[:, top:bottom, left:right], wh, ww))  # (Bw, wh ww, 3 C_out)
-
-                def pool(q: torch.Tensor, wh: int = wh, ww: int = ww) -> torch.Tensor:  # (Bw, wh ww, C_out)
-                    return do_pool(q.reshape(-1, wh, ww, width), attn.q_pool).reshape(q.shape[0], -1, width)
-
-                out = attend(windows, attn.num_heads, attention_op, PaddingKey(key, value, pad) if pad else None,
-                             pool_queries=pool)
-                parts.append(_from_windows(attn.proj(out), (bottom - top) // wh * ph, (right - left) // ww * pw,
-                                           ph, pw))
-            rows.append(torch.cat(parts, dim=2) if len(parts) > 1 else parts[0])
-        return _residual_and_mlp(block, shortcut, torch.cat(rows, dim=1) if len(rows) > 1 else rows[0])
+        return _residual_and_mlp(block, shortcut, attend_runs(normed))
 
     return forward
+
+
+def _pool_queries(attn: MultiScaleAttention, wh: int, ww: int, q: torch.Tensor) -> torch.Tensor:
+    """``attn``'s query pooling inside windows of wh x ww tokens: q (Bw, wh * ww, C) -> (Bw, wh * ww / stride^2, C)."""
+    return do_pool(q.reshape(-1, wh, ww, q.shape[-1]), attn.q_pool).reshape(q.shape[0], -1, q.shape[-1])
 
 
 def _residual_and_mlp(block: MultiScaleBlock, x: torch.Tensor, projected: torch.Tensor) -> torch.Tensor:
