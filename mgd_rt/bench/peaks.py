@@ -101,7 +101,7 @@ def machine_peak(env: dict[str, Any], device: str) -> dict[str, Any]:
     gemm = measured_fp32_gemm()
     if gemm is not None:
         peak["fp32_gemm_measured"] = gemm
-        fp32_per_cycle = peak["flops_per_cycle_per_core"]["fp32"] * env["cpu"]["logical_cpus"]
+        fp32_per_cycle = peak["flops_per_cycle_per_core"]["fp32"] * gemm["threads"]  # the cores that ran it
         peak["source"] += (f"; FP32 GEMM measured at the start: {gemm['gflops']:.0f} GFLOP/s ({gemm['method']}), "
                            f"as if the cores ran at {gemm['gflops'] / fp32_per_cycle:.2f} GHz")
     return peak

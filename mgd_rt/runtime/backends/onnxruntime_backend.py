@@ -54,7 +54,7 @@ def ort_session(
     weights to U8 for its exact U8U8 kernels there. ``x64quantprecision`` None: on unless the CPU
     has VNNI or AMX (machine.VNNI_ISAS), whose U8S8 kernels sum in 32 bits. There the conversion
     only costs time: B+ at 1024, INT8 (cpu placement), Emerald Rapids AMX, 2 threads: 4.0 s with it,
-    2.45 s without (MatMulIntegerToFloat 1.90 -> 0.45 s, the AMX U8S8 kernel), and the logits of
+    2.45 s without (MatMulIntegerToFloat 1.90 -> 0.45 s), and the logits of
     the six held-out photos bit-identical between the two (three seeded sets).
     """
     import onnxruntime as ort
