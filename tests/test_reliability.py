@@ -27,6 +27,7 @@ from reliability_helpers import (
     outputs,
     serve_under_load,
 )
+from test_triton import SERVE_PYTHON, _serve_env, needs_serve_python
 
 from mgd_rt.artifacts import SIDECAR_FORMAT, SIDECAR_VERSION, sidecar_path
 from mgd_rt.cli import EXIT_INTERRUPTED, EXIT_TERMINATED, main
@@ -211,16 +212,12 @@ def assert_served(figures: dict[str, object]) -> None:
     assert left_behind < LOAD_GROWTH_MB and peak_rise < LOAD_GROWTH_MB, (left_behind, peak_rise, curve)
 
 
+@needs_serve_python
 def test_serve_under_load_with_bad_requests(model, tmp_path):
     pytest.importorskip("tritonclient.grpc")
-    from test_triton import _serve_env, _serve_python
-
     from mgd_rt.serve.pytriton_server import TRITONSERVER_MALLOC_ENV, backend_shm_bytes
 
-    python = _serve_python()
-    if python is None:
-        pytest.skip("mgd-rt serve needs Python 3.12 (see tests/test_triton.py)")
-    figures = serve_under_load(model, tmp_path, _serve_env(python) / "mgd-rt", LOAD_THREADS, LOAD_REQUESTS,
+    figures = serve_under_load(model, tmp_path, _serve_env(SERVE_PYTHON) / "mgd-rt", LOAD_THREADS, LOAD_REQUESTS,
                                warm_requests=LOAD_WARMUP)
     assert_served(figures)
     # the two settings that keep tritonserver flat reached it: its allocator's environment, and a region

@@ -39,6 +39,11 @@ def _missing_for_gpu(need_trt: bool = True) -> str | None:
     return None
 
 
+# what the GPU tests lack here (None: all present), found once at collection
+GPU_MISSING = _missing_for_gpu()
+CUDA_MISSING = _missing_for_gpu(need_trt=False)
+
+
 def _rtx_version() -> str:
     pytest.importorskip("tensorrt_rtx", reason="tensorrt_rtx not installed (pip install -e '.[rtx]')")
     import tensorrt_rtx
@@ -105,10 +110,9 @@ def test_refuses_another_gpu():
         check_gpu(ampere, GpuInfo("Tesla T4", "7.5"), engine)
 
 
+@pytest.mark.skipif(CUDA_MISSING is None, reason="a CUDA GPU is present: this checks the refusal without one")
 def test_no_gpu_is_named(tmp_path):
     installed = _rtx_version()
-    if _missing_for_gpu(need_trt=False) is None:
-        pytest.skip("a CUDA GPU is present: this checks the refusal without one")
     with pytest.raises(MgdRtError, match="no CUDA GPU usable here|cuda-python is not installed"):
         TensorRTBackend(fake_engine(tmp_path, installed))
 
@@ -123,10 +127,9 @@ def test_backend_table():
 
 # GPU -----------------------------------------------------------------------------------------
 @pytest.mark.gpu
+@pytest.mark.skipif(CUDA_MISSING is not None, reason=str(CUDA_MISSING))
 def test_cuda_python_memory_roundtrip():
     """The backend's memory path (pinned host, device, async copies on a stream) with cuda-python alone."""
-    if reason := _missing_for_gpu(need_trt=False):
-        pytest.skip(reason)
     import ctypes
 
     from mgd_rt.runtime.tensorrt_library import check_cuda, cuda_runtime
@@ -154,15 +157,14 @@ def test_cuda_python_memory_roundtrip():
 
 @pytest.fixture(scope="module")
 def gpu_tiny(tiny_onnx_copy):
-    """The tiny graph and its PyTorch model, only where a GPU and TensorRT are present."""
-    if reason := _missing_for_gpu():
-        pytest.skip(reason)
+    """The tiny graph and its PyTorch model (its tests skip where a GPU or TensorRT is missing)."""
     import mgd_rt
 
     return tiny_onnx_copy(), mgd_rt.load_model(TINY_CHECKPOINT)
 
 
 @pytest.mark.gpu
+@pytest.mark.skipif(GPU_MISSING is not None, reason=str(GPU_MISSING))
 @pytest.mark.parametrize("precision", ["fp32", "fp16", "int8"])
 def test_engine_runs_and_matches_pytorch(gpu_tiny, precision, tmp_path):
     import torch
@@ -203,6 +205,7 @@ def test_engine_runs_and_matches_pytorch(gpu_tiny, precision, tmp_path):
 
 
 @pytest.mark.gpu
+@pytest.mark.skipif(GPU_MISSING is not None, reason=str(GPU_MISSING))
 def test_segmenter_builds_through_engine_cache(gpu_tiny, tmp_path, monkeypatch):
     from mgd_rt import Segmenter
 

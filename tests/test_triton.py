@@ -230,6 +230,15 @@ def _serve_python() -> str | None:
     return None
 
 
+
+# found once at collection; the tests that start `mgd-rt serve` skip without it
+SERVE_PYTHON = _serve_python()
+needs_serve_python = pytest.mark.skipif(
+    SERVE_PYTHON is None,
+    reason="mgd-rt serve needs Python 3.12 (PyTriton 0.7 fails under 3.11, and its numpy<2 pin has no 3.13 wheel) "
+           "and none was found: set MGD_RT_SERVE_PYTHON or put python3.12 on PATH")
+
+
 def _serve_env(python: str) -> Path:
     """A cached venv with mgd-rt[serve] (editable, this checkout) and no torch; returns its bin/."""
     pyproject = (REPO_ROOT / "pyproject.toml").read_bytes()
@@ -273,13 +282,10 @@ def _wait_ready(url: str, proc: subprocess.Popen, deadline: float) -> None:
         client.close()
 
 
+@needs_serve_python
 def test_serve_dynamic_batching_many_clients(tiny_onnx: Path, tmp_path: Path) -> None:
     pytest.importorskip("tritonclient.grpc")
-    python = _serve_python()
-    if python is None:
-        pytest.skip("mgd-rt serve needs Python 3.12 (PyTriton 0.7 fails under 3.11, and its numpy<2 pin has no "
-                    "3.13 wheel) and none was found: set MGD_RT_SERVE_PYTHON or put python3.12 on PATH")
-    bin_dir = _serve_env(python)
+    bin_dir = _serve_env(SERVE_PYTHON)
     import tritonclient.grpc as grpcclient
     from tritonclient.utils import InferenceServerException
 
