@@ -111,6 +111,12 @@ def cpu_isa(flags: list[str] | set[str]) -> str:
     return "other"
 
 
+def u8s8_saturates(flags: list[str] | set[str]) -> bool:
+    """Whether an INT8 graph's S8 weights should become U8 on the CPU with ``flags`` (ONNX Runtime's
+    ``session.x64quantprecision``, or quantize.unsigned_weights in the file): everywhere but VNNI_ISAS."""
+    return cpu_isa(flags) not in VNNI_ISAS
+
+
 def load_average() -> list[float] | None:
     """The 1, 5 and 15 minute load averages; None where the platform has none (Windows)."""
     return list(os.getloadavg()) if hasattr(os, "getloadavg") else None

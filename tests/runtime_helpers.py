@@ -92,3 +92,49 @@ def make_pixel_toy_onnx(path: Path, size: int = 32) -> Path:
         entry.key, entry.value = k, v
     onnx.save(model, str(path))
     return path
+
+
+def make_int8_toy_onnx(path: Path, size: int = 32) -> Path:
+    """A Q/DQ graph in the CPU placement ONNX Runtime fuses into QLinearConv: image -> Q/DQ (U8) -> Conv 3->16
+    (S8 per-channel weights) -> Q/DQ -> Conv 16->1 (S8) -> Q/DQ -> mask_logits, metadata precision int8. The
+    weights are near +-127 and the activations near 255: the U8 x S8 products whose pair sums pass 16 bits."""
+    import onnx
+    from onnx import TensorProto, helper, numpy_helper
+
+    rng = np.random.default_rng(0)
+    first = rng.choice([-127, -120, 118, 127], size=(16, 3, 1, 1)).astype(np.int8)
+    second = rng.choice([-127, 96, 127], size=(1, 16, 1, 1)).astype(np.int8)
+    initializers = [
+        numpy_helper.from_array(first, "w1"), numpy_helper.from_array(np.full(16, 1e-3, np.float32), "w1_scale"),
+        numpy_helper.from_array(np.zeros(16, np.int8), "w1_zp"),
+        numpy_helper.from_array(second, "w2"), numpy_helper.from_array(np.full(1, 1e-3, np.float32), "w2_scale"),
+        numpy_helper.from_array(np.zeros(1, np.int8), "w2_zp"),
+    ]
+    def qdq(tensor: str, scale: float, zero: int, out: str) -> list[onnx.NodeProto]:
+        initializers.extend([numpy_helper.from_array(np.array(scale, np.float32), f"{tensor}_scale"),
+                             numpy_helper.from_array(np.array(zero, np.uint8), f"{tensor}_zp")])
+        return [helper.make_node("QuantizeLinear", [tensor, f"{tensor}_scale", f"{tensor}_zp"], [f"{tensor}_q"]),
+                helper.make_node("DequantizeLinear", [f"{tensor}_q", f"{tensor}_scale", f"{tensor}_zp"], [out])]
+
+    nodes = [helper.make_node("DequantizeLinear", ["w1", "w1_scale", "w1_zp"], ["w1_f"], axis=0),
+             helper.make_node("DequantizeLinear", ["w2", "w2_scale", "w2_zp"], ["w2_f"], axis=0),
+             *qdq(INPUT_NAME, 0.02, 0, "x_dq"),
+             helper.make_node("Conv", ["x_dq", "w1_f"], ["h"]),
+             *qdq("h", 0.02, 128, "h_dq"),
+             helper.make_node("Conv", ["h_dq", "w2_f"], ["y"]),
+             *qdq("y", 0.002, 128, OUTPUT_NAME)]
+    graph = helper.make_graph(
+        nodes, "int8_toy",
+        [helper.make_tensor_value_info(INPUT_NAME, TensorProto.FLOAT, ["batch", 3, size, size])],
+        [helper.make_tensor_value_info(OUTPUT_NAME, TensorProto.FLOAT, ["batch", 1, size, size])],
+        initializer=initializers)
+    model = helper.make_model(graph, opset_imports=[helper.make_opsetid("", 17)])
+    model.ir_version = 8
+    for k, v in {"variant": "toy", "image_size": str(size), "precision": "int8",
+                 "mean": ",".join(map(str, IMAGENET_MEAN)), "std": ",".join(map(str, IMAGENET_STD)),
+                 "checkpoint_sha256": "untrained"}.items():
+        entry = model.metadata_props.add()
+        entry.key, entry.value = k, v
+    onnx.checker.check_model(model)
+    onnx.save(model, str(path))
+    return path

@@ -266,6 +266,42 @@ def test_vnni_integer_kernels_match_the_u8u8_ones(cpu_int8_512, tiny_io):
     np.testing.assert_array_equal(logits[0], logits[1])
 
 
+@pytest.mark.skipif(not HAVE_MODELOPT, reason="nvidia-modelopt not installed (pip install -e '.[int8]')")
+def test_unsigned_weights_compute_what_x64quantprecision_does(cpu_int8_512, tiny_io):
+    """quantize.unsigned_weights (U8 weights in the file, for Triton on CPUs without VNNI) dequantizes to the same
+    weights and gives ONNX Runtime's logits with session.x64quantprecision bit for bit, on any CPU."""
+    from onnx import numpy_helper
+
+    from mgd_rt.calibration.quantize import unsigned_weights
+    from mgd_rt.runtime.backends.onnxruntime_backend import ort_session
+
+    model = onnx.load(str(cpu_int8_512))
+
+    def dequantized_weights(graph: onnx.ModelProto) -> dict[str, np.ndarray]:
+        values = {t.name: numpy_helper.to_array(t) for t in graph.graph.initializer}
+        weights = {}
+        for node in graph.graph.node:
+            if node.op_type == "DequantizeLinear" and values.get(node.input[0], np.float32()).dtype.itemsize == 1:
+                q, scale, zero = (values[name] for name in node.input)
+                axis = next((a.i for a in node.attribute if a.name == "axis"), 1)
+                shape = [-1 if d == axis else 1 for d in range(q.ndim)]
+                weights[node.output[0]] = (q.astype(np.int32) - zero.reshape(shape)) * scale.reshape(shape)
+        return weights
+
+    before = dequantized_weights(model)
+    int8_weights = sum(t.data_type == onnx.TensorProto.INT8 for t in model.graph.initializer)
+    assert unsigned_weights(model) == len(before)
+    assert sum(t.data_type == onnx.TensorProto.INT8 for t in model.graph.initializer) == 0
+    assert sum(t.data_type == onnx.TensorProto.UINT8 for t in model.graph.initializer) >= int8_weights
+    after = dequantized_weights(model)
+    assert after.keys() == before.keys()
+    assert all(np.array_equal(after[name], before[name]) for name in before)
+    image = {INPUT_NAME: tiny_io["image"][:1]}
+    converted = ort_session(cpu_int8_512, x64quantprecision=True).run(None, image)[0]
+    unsigned = ort_session(model.SerializeToString(), x64quantprecision=False).run(None, image)[0]
+    np.testing.assert_array_equal(unsigned, converted)
+
+
 @needs_openvino
 @pytest.mark.skipif(not HAVE_MODELOPT, reason="nvidia-modelopt not installed (pip install -e '.[int8]')")
 def test_openvino_compiles_int8_runs(cpu_int8_512, tiny_io):

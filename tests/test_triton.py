@@ -23,7 +23,7 @@ from pathlib import Path
 import numpy as np
 import pytest
 from reliability_helpers import stop_group as _stop
-from runtime_helpers import make_pixel_toy_onnx, make_toy_onnx
+from runtime_helpers import make_int8_toy_onnx, make_pixel_toy_onnx, make_toy_onnx
 
 from mgd_rt.contract import INPUT_NAME, OUTPUT_NAME
 from mgd_rt.errors import MgdRtError
@@ -113,6 +113,59 @@ def test_triton_repo_pixel_input(tmp_path: Path) -> None:
     float_graph = make_toy_onnx(tmp_path / "toy.onnx", size=32)
     (float_dir,) = write_triton_repo([float_graph], tmp_path / "repo2", max_batch=4)
     assert "mgd_rt.input_format" not in (float_dir / "config.pbtxt").read_text()  # float32: the default
+
+
+AVX2 = ["avx", "avx2", "fma"]
+AMX = ["avx2", "avx512f", "avx512_vnni", "amx_tile", "amx_int8"]
+
+
+@pytest.mark.parametrize(("flags", "int8_weights", "instance_kind", "expected"), [
+    (AVX2, "auto", None, "u8"),  # instances of kind auto may run on this CPU without VNNI
+    (AVX2, "auto", "cpu", "u8"),
+    (AVX2, "auto", "gpu", "s8"),  # ONNX Runtime's CUDA provider: no MLAS integer kernels
+    (AMX, "auto", None, "s8"),  # U8 x S8 sums in 32 bits: S8 weights are exact and faster
+    (AMX, "u8", None, "u8"),
+    (AVX2, "s8", "cpu", "s8"),
+])
+def test_triton_repo_int8_weights(tmp_path: Path, monkeypatch, flags, int8_weights, instance_kind,
+                                  expected) -> None:
+    """Triton's onnxruntime backend cannot set session.x64quantprecision: for CPUs without VNNI the INT8
+    graph's weights go into the repository as U8, which computes what the runtime computes with that option."""
+    from mgd_rt.runtime.backends.onnxruntime_backend import ort_session
+    from mgd_rt.serve import triton_repo
+
+    monkeypatch.setattr(triton_repo, "cpu_info", lambda: {"flags": flags})
+    graph = make_int8_toy_onnx(tmp_path / "toy.int8.onnx")
+    (model_dir,) = write_triton_repo([graph], tmp_path / "repo", instance_kind=instance_kind,
+                                     int8_weights=int8_weights)
+    assert json.loads((model_dir / "mgd_rt.json").read_text())["int8_weights"] == expected
+    served = model_dir / "1" / "model.onnx"
+    if expected == "s8":
+        assert served.read_bytes() == graph.read_bytes()
+        return
+    import onnx
+
+    weights = {t.name: t.data_type for t in onnx.load(str(served)).graph.initializer if t.name in ("w1", "w2")}
+    assert weights == {"w1": onnx.TensorProto.UINT8, "w2": onnx.TensorProto.UINT8}
+    image = np.random.default_rng(1).uniform(0, 5, (2, 3, 32, 32)).astype(np.float32)
+    as_runtime = ort_session(graph, x64quantprecision=True).run(None, {INPUT_NAME: image})[0]
+    as_served = ort_session(served, x64quantprecision=False).run(None, {INPUT_NAME: image})[0]
+    np.testing.assert_array_equal(as_served, as_runtime)
+    assert np.unique(as_served).size > 50  # the integer products really vary
+
+
+def test_triton_repo_int8_weights_leave_float_graphs(tmp_path: Path) -> None:
+    graph = make_toy_onnx(tmp_path / "toy.onnx", size=32)
+    (model_dir,) = write_triton_repo([graph], tmp_path / "repo", int8_weights="u8")
+    assert (model_dir / "1" / "model.onnx").read_bytes() == graph.read_bytes()
+    assert "int8_weights" not in json.loads((model_dir / "mgd_rt.json").read_text())
+    with pytest.raises(MgdRtError, match="--int8-weights s7: choose from auto, s8, u8"):
+        write_triton_repo([graph], tmp_path / "repo2", int8_weights="s7")
+    from mgd_rt.cli import main
+
+    int8 = make_int8_toy_onnx(tmp_path / "toy.int8.onnx")
+    assert main(["triton-repo", str(int8), "-o", str(tmp_path / "repo3"), "--int8-weights", "u8"]) == 0
+    assert json.loads((tmp_path / "repo3" / "toy_int8" / "mgd_rt.json").read_text())["int8_weights"] == "u8"
 
 
 def _fake_engine(tmp_path: Path, profile: tuple[int, int, int], size: int = 64) -> Path:

@@ -4,7 +4,7 @@ from __future__ import annotations
 
 import argparse
 
-from mgd_rt.serve.triton_repo import INSTANCE_KINDS
+from mgd_rt.serve.triton_repo import INSTANCE_KINDS, INT8_WEIGHTS
 
 
 def register(subparsers: argparse._SubParsersAction) -> None:
@@ -27,6 +27,10 @@ def register(subparsers: argparse._SubParsersAction) -> None:
                         help="where instances run (default: gpu for engines, auto for graphs)")
     parser.add_argument("--max-queue-delay-us", type=int, default=None, metavar="US",
                         help="dynamic batcher's wait to fill a batch (default: 2000)")
+    parser.add_argument("--int8-weights", choices=INT8_WEIGHTS, default="auto",
+                        help="INT8 graphs: u8 writes the weights as U8 (exact) for CPUs without VNNI, where Triton's "
+                        "onnxruntime backend would run saturating U8 x S8 kernels; s8 copies the graph as "
+                        "calibrated (default auto: u8 for CPU or auto instances when this machine has no VNNI)")
     parser.add_argument("--overwrite", action="store_true", help="replace existing model directories")
     parser.set_defaults(func=run)
 
@@ -38,7 +42,7 @@ def run(args: argparse.Namespace) -> int:
         args.models, args.output, max_batch=args.max_batch, instances=args.instances,
         instance_kind=args.instance_kind, name=args.name,
         queue_delay_us=DEFAULT_QUEUE_DELAY_US if args.max_queue_delay_us is None else args.max_queue_delay_us,
-        overwrite=args.overwrite,
+        overwrite=args.overwrite, int8_weights=args.int8_weights,
     )
     for path in written:
         print(f"wrote {path}")

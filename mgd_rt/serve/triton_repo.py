@@ -35,6 +35,7 @@ from mgd_rt.contract import (
     PIXEL_INPUT,
 )
 from mgd_rt.errors import MgdRtError, first_line
+from mgd_rt.machine import cpu_info, u8s8_saturates
 from mgd_rt.runtime.backends.onnxruntime_backend import ort_session
 
 log = logging.getLogger("mgd_rt")
@@ -42,6 +43,9 @@ log = logging.getLogger("mgd_rt")
 DEFAULT_MAX_BATCH_ONNX = 8  # a graph with a dynamic batch has no profile; Triton needs a bound
 DEFAULT_QUEUE_DELAY_US = 2000  # how long the dynamic batcher waits to fill a batch
 INSTANCE_KINDS = ("auto", "gpu", "cpu")
+# how an INT8 graph's weights go into the repository: as calibrated (s8), as U8 for CPUs without VNNI
+# (quantize.unsigned_weights), or auto: u8 where CPU instances on this machine would need it
+INT8_WEIGHTS = ("auto", "s8", "u8")
 PARAMETER_PREFIX = "mgd_rt."  # config.pbtxt parameters the Triton client backend reads back
 _TRITON_DTYPES = {"float32": "TYPE_FP32", "float16": "TYPE_FP16", "int8": "TYPE_INT8", "int32": "TYPE_INT32",
                   "int64": "TYPE_INT64", "bool": "TYPE_BOOL", "uint8": "TYPE_UINT8"}
@@ -68,6 +72,7 @@ class ModelSpec:
     parameters: dict[str, str] = field(default_factory=dict)
     info: dict[str, Any] = field(default_factory=dict)  # written as mgd_rt.json
     sidecar: Path | None = None
+    unsigned_weights: bool = False  # write the INT8 graph's weights as U8 (quantize.unsigned_weights)
 
 
 def model_name(path: str | Path) -> str:
@@ -127,8 +132,16 @@ def plan_model(
     instances: int = 1,
     instance_kind: str | None = None,
     queue_delay_us: int = DEFAULT_QUEUE_DELAY_US,
+    int8_weights: str = "auto",
 ) -> ModelSpec:
-    """Validate one artifact and decide its config (nothing written); MgdRtError says what to fix."""
+    """Validate one artifact and decide its config (nothing written); MgdRtError says what to fix.
+
+    ``int8_weights`` (INT8 graphs only): Triton's onnxruntime backend cannot set ``session.x64quantprecision``,
+    which the runtime sets on CPUs without VNNI, where ONNX Runtime's U8 x S8 kernels saturate and the graph
+    leaves its tolerance. ``u8`` writes the weights as U8 (exact, the same products as that option), ``s8`` as
+    calibrated, ``auto`` u8 when the instances may run on a CPU (kind cpu or auto) and this machine's CPU has no
+    VNNI (machine.u8s8_saturates): the repository is taken to be served on a machine like the one writing it.
+    """
     path = Path(path)
     if not path.is_file():
         raise MgdRtError(f"{path}: no such file")
@@ -140,11 +153,14 @@ def plan_model(
         raise MgdRtError(f"--max-queue-delay-us {queue_delay_us}: must be 0 or more")
     if instance_kind is not None and instance_kind not in INSTANCE_KINDS:
         raise MgdRtError(f"--instance-kind {instance_kind}: choose from {', '.join(INSTANCE_KINDS)}")
+    if int8_weights not in INT8_WEIGHTS:
+        raise MgdRtError(f"--int8-weights {int8_weights}: choose from {', '.join(INT8_WEIGHTS)}")
     name = name or model_name(path)
     if not re.fullmatch(r"[A-Za-z0-9_-]+", name):
         raise MgdRtError(f"--name {name!r}: use letters, digits, '_' and '-' only (it becomes a directory and URL)")
     suffix = path.suffix.lower()
     sidecar_file = None
+    unsigned = False
     if suffix == ".onnx":
         meta, size, fixed = _onnx_spec(path)
         fixed_batch = fixed or 0
@@ -162,6 +178,10 @@ def plan_model(
             preferred = [chosen]
         kind = instance_kind or "auto"
         info: dict[str, Any] = {"source": str(path.resolve()), "metadata": meta}
+        if precision == "int8":
+            unsigned = int8_weights == "u8" or (
+                int8_weights == "auto" and kind != "gpu" and u8s8_saturates(cpu_info()["flags"]))
+            info["int8_weights"] = "u8" if unsigned else "s8"
     elif suffix in (".engine", ".plan"):
         from mgd_rt.artifacts import read_sidecar, sidecar_path
 
@@ -215,7 +235,7 @@ def plan_model(
     info = {"format": "mgd-rt triton model", "format_version": 1, "name": name, "platform": platform,
             "file": filename, **info, "parameters": parameters}
     return ModelSpec(name, path, platform, filename, size, chosen, preferred, in_dims, out_dims, instances,
-                     f"KIND_{kind.upper()}", queue_delay_us, parameters, info, sidecar_file)
+                     f"KIND_{kind.upper()}", queue_delay_us, parameters, info, sidecar_file, unsigned)
 
 
 def config_pbtxt(spec: ModelSpec) -> str:
@@ -263,6 +283,22 @@ def config_pbtxt(spec: ModelSpec) -> str:
     return "\n".join(lines) + "\n"
 
 
+def _write_unsigned(source: Path, target: Path) -> None:
+    """Write the INT8 graph ``source`` to ``target`` with its weights as U8 (quantize.unsigned_weights)."""
+    try:
+        import onnx
+    except ImportError:
+        raise MgdRtError(f"{source}: writing its weights as U8 needs the onnx package (pip install onnx, or the "
+                         "export extra); or pass --int8-weights s8 to copy the graph as is") from None
+    from mgd_rt.calibration.quantize import unsigned_weights
+
+    model = onnx.load(str(source))
+    count = unsigned_weights(model)
+    onnx.save_model(model, str(target))
+    log.info("%s: %d INT8 weights written as U8 (exact; ONNX Runtime's U8 x U8 kernels on CPUs without VNNI)",
+             source, count)
+
+
 def _write_model(spec: ModelSpec, repo: Path, overwrite: bool) -> Path:
     """Write one model directory under a temporary name, then rename it into place."""
     target = repo / spec.name
@@ -272,7 +308,10 @@ def _write_model(spec: ModelSpec, repo: Path, overwrite: bool) -> Path:
     old = None
     try:
         (tmp / "1").mkdir()
-        shutil.copyfile(spec.source, tmp / "1" / spec.filename)
+        if spec.unsigned_weights:
+            _write_unsigned(spec.source, tmp / "1" / spec.filename)
+        else:
+            shutil.copyfile(spec.source, tmp / "1" / spec.filename)
         if spec.sidecar is not None:
             shutil.copyfile(spec.sidecar, tmp / "1" / f"{spec.filename}.json")
         (tmp / "config.pbtxt").write_text(config_pbtxt(spec))
@@ -303,18 +342,19 @@ def write_triton_repo(
     name: str | None = None,
     queue_delay_us: int = DEFAULT_QUEUE_DELAY_US,
     overwrite: bool = False,
+    int8_weights: str = "auto",
 ) -> list[Path]:
     """Write a Triton model repository at ``output`` for ``models``; returns the model directories.
 
     Every model is validated before anything is written. ``max_batch`` None: the engine's profile
     max, or 8 for a graph with a dynamic batch. ``instance_kind`` None: gpu for engines, auto
-    (Triton's choice) for graphs.
+    (Triton's choice) for graphs. ``int8_weights``: see plan_model.
     """
     if not models:
         raise MgdRtError("give at least one .onnx graph or .engine file")
     if name is not None and len(models) > 1:
         raise MgdRtError("--name applies to one model; with several, each is named after its file")
-    specs = [plan_model(m, name, max_batch, instances, instance_kind, queue_delay_us) for m in models]
+    specs = [plan_model(m, name, max_batch, instances, instance_kind, queue_delay_us, int8_weights) for m in models]
     seen: dict[str, Path] = {}
     for spec in specs:
         if spec.name in seen:
@@ -339,4 +379,4 @@ def write_triton_repo(
     return written
 
 
-__all__ = ["ModelSpec", "config_pbtxt", "model_name", "plan_model", "write_triton_repo"]
+__all__ = ["INT8_WEIGHTS", "ModelSpec", "config_pbtxt", "model_name", "plan_model", "write_triton_repo"]

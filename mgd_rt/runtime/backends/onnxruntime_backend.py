@@ -18,7 +18,7 @@ import numpy as np
 
 from mgd_rt.contract import INPUT_NAME, OUTPUT_NAME
 from mgd_rt.errors import MgdRtError, first_line
-from mgd_rt.machine import VNNI_ISAS, cpu_info, cpu_isa
+from mgd_rt.machine import cpu_info, u8s8_saturates
 from mgd_rt.runtime.backends.base import Backend
 
 if TYPE_CHECKING:
@@ -63,7 +63,7 @@ def ort_session(
     options.graph_optimization_level = (ort.GraphOptimizationLevel.ORT_ENABLE_ALL if optimize
                                         else ort.GraphOptimizationLevel.ORT_DISABLE_ALL)
     if x64quantprecision is None:
-        x64quantprecision = cpu_isa(cpu_info()["flags"]) not in VNNI_ISAS
+        x64quantprecision = u8s8_saturates(cpu_info()["flags"])
     options.add_session_config_entry("session.x64quantprecision", "1" if x64quantprecision else "0")
     # No memory pattern: with it, each new input shape (a server's dynamic batches of 1..max) plans
     # and keeps one more block in the CPU arena, which never shrinks. Measured (tiny, S=256, batches
