@@ -30,7 +30,8 @@ DEFAULT_OPSET = 20
 # ONNX Runtime and OpenVINO run as one CPU kernel (B+ at 1024: 2,351 -> 1,868 nodes, 3-6% faster on
 # ONNX Runtime, 2-3% on OpenVINO; with export_form's head-major attention 1,679 nodes, 5% more on ONNX
 # Runtime, 1,661 with its cropped window projection, 2,276 without the window padding (6-10% faster on
-# both runtimes, more with the runs cut before their projections); README "ONNX export"). TensorRT-RTX 1.7 builds
+# both runtimes, more with the runs cut before their projections), 2,483 with q, k, v projected apart (no Split,
+# 4% faster); README "ONNX export"). TensorRT-RTX 1.7 builds
 # Attention in FP16 but in FP32 only for a fixed batch, so the default stays DEFAULT_OPSET.
 CPU_OPSET = 23  # also the first opset that has Attention
 # the batch range torch.export may assume; any B in it gives the same graph
