@@ -178,8 +178,8 @@ def untie_weight_dequantization(model: onnx.ModelProto) -> int:
     The CPU graph projects each run of a block's windows with the same weight (mgd_rt.export.forms.
     padless_window_block), so one weight's DequantizeLinear feeds several MatMuls. ONNX Runtime 1.32 with
     session.x64quantprecision (onnxruntime_backend.ort_session) converts the weight to U8 once per consumer
-    under one name, and refuses to load the graph ("Attempt to replace the existing tensor"). B+ at 1024: 90
-    more DequantizeLinear (each padded block's qkv and output projections, per run): a 152 MB graph (109 MB
+    under one name, and refuses to load the graph ("Attempt to replace the existing tensor"). B+ at 1024: 180
+    more DequantizeLinear (each padded block's q, k, v and output projections, per run): a 152 MB graph (109 MB
     when each block's qkv projection ran once).
     """
     import onnx
