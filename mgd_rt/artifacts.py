@@ -46,6 +46,11 @@ CODE_SIZE_KEY = "mcem_code_size"
 # aside), where a mixed-precision runtime splits the graph to keep the DRM in fp32 (OpenVINO bf16)
 DRM_INPUTS_KEY = "drm_inputs"
 # optional prop contract.INPUT_FORMAT_KEY: "uint8" when the input is (B, S, S, 3) pixels; absent = float32
+# optional props of an INT8 graph that mgd-rt calibrate checked on held-out images: where the check ran
+# (CheckBackend.key: onnxruntime, openvino, openvino-bf16) and its verdict (pass or fail); a runtime that runs the
+# graph elsewhere warns, as integer kernels differ between runtimes
+INT8_CHECKED_ON_KEY = "int8_checked_on"
+INT8_CHECK_KEY = "int8_check"
 UNTRAINED = "untrained"  # checkpoint_sha256 of seeded weights
 
 # a .pt2 package carries METADATA_KEYS but opset (no ONNX in it), its precision one of PACKAGE_PRECISIONS,
@@ -249,7 +254,8 @@ def read_sidecar(engine: str | Path) -> dict[str, Any]:
 
 
 __all__ = [
-    "CHECKPOINT_SUFFIXES", "CODE_SIZE_KEY", "DRM_INPUTS_KEY", "ENGINE_SUFFIXES", "GRAPH_SUFFIXES", "METADATA_KEYS",
+    "CHECKPOINT_SUFFIXES", "CODE_SIZE_KEY", "DRM_INPUTS_KEY", "ENGINE_SUFFIXES", "GRAPH_SUFFIXES",
+    "INT8_CHECKED_ON_KEY", "INT8_CHECK_KEY", "METADATA_KEYS",
     "PACKAGE_METADATA_KEYS", "PACKAGE_PRECISIONS", "PACKAGE_SUFFIXES", "PRECISIONS",
     "SIDECAR_FORMAT", "SIDECAR_KEYS", "SIDECAR_VERSION", "UNTRAINED", "atomic_write", "cache_folder",
     "check_output_path", "engine_path", "file_sha256", "format_floats", "fp16_path", "int8_path", "metadata_floats",

@@ -94,10 +94,11 @@ def make_pixel_toy_onnx(path: Path, size: int = 32) -> Path:
     return path
 
 
-def make_int8_toy_onnx(path: Path, size: int = 32) -> Path:
+def make_int8_toy_onnx(path: Path, size: int = 32, metadata: dict[str, str] | None = None) -> Path:
     """A Q/DQ graph in the CPU placement ONNX Runtime fuses into QLinearConv: image -> Q/DQ (U8) -> Conv 3->16
     (S8 per-channel weights) -> Q/DQ -> Conv 16->1 (S8) -> Q/DQ -> mask_logits, metadata precision int8. The
-    weights are near +-127 and the activations near 255: the U8 x S8 products whose pair sums pass 16 bits."""
+    weights are near +-127 and the activations near 255: the U8 x S8 products whose pair sums pass 16 bits.
+    ``metadata``: more props (or other values)."""
     import onnx
     from onnx import TensorProto, helper, numpy_helper
 
@@ -132,7 +133,7 @@ def make_int8_toy_onnx(path: Path, size: int = 32) -> Path:
     model.ir_version = 8
     for k, v in {"variant": "toy", "image_size": str(size), "precision": "int8",
                  "mean": ",".join(map(str, IMAGENET_MEAN)), "std": ",".join(map(str, IMAGENET_STD)),
-                 "checkpoint_sha256": "untrained"}.items():
+                 "checkpoint_sha256": "untrained", **(metadata or {})}.items():
         entry = model.metadata_props.add()
         entry.key, entry.value = k, v
     onnx.checker.check_model(model)

@@ -117,6 +117,8 @@ def test_defaults_pass_on_three_weight_sets(calibrated, weights):
     assert runtime["session_config"]["session.x64quantprecision"] == ("0" if exact_u8s8 else "1")
     assert runtime["optimized_ops"].get("MatMulIntegerToFloat", 0) >= 20  # the quantized MatMuls run as integer
     meta = read_metadata(onnx.load(str(run["int8"]), load_external_data=False))
+    # where the check ran and its verdict travel in the graph, for the runtimes (Backend.warn_int8_check)
+    assert (meta["int8_checked_on"], meta["int8_check"]) == ("onnxruntime", "pass")
     if data["recovery"] is None:  # the calibrated graph passed as it was
         assert "int8_recovered_nodes" not in meta
     else:  # recovery ran: what it restored is in the graph's metadata and the report
@@ -224,6 +226,9 @@ def test_cli_checks_on_openvino(fp32_graph, cache_env):
     assert data["runtime"]["backend"] == data["backend"] and "session_config" not in data["runtime"]
     assert data["speed"]["fp32_ms"] > 0 and data["speed"]["int8_ms"] > 0
     assert f"ran on: {data['runtime']['cpu']} ({data['runtime']['isa']}), openvino on CPU" in out
+    meta = read_metadata(onnx.load(str(fp32.with_name("tiny.int8.onnx")), load_external_data=False))
+    assert meta["int8_checked_on"] == check_on.key == ("openvino-bf16" if check_on.dtype else "openvino")
+    assert meta["int8_check"] == ("pass" if data["passed"] else "fail")
 
 
 def test_budget_runs_out(fp32_graph, cache_env):

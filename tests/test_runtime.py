@@ -3,13 +3,15 @@ backend selection and the ONNX Runtime backend on a toy contract-conforming grap
 
 from __future__ import annotations
 
+import logging
 import os
 from pathlib import Path
 
 import numpy as np
 import pytest
+from conftest import needs_openvino
 from PIL import Image
-from runtime_helpers import make_toy_onnx, toy_logits
+from runtime_helpers import make_int8_toy_onnx, make_toy_onnx, toy_logits
 
 from mgd_rt.errors import MgdRtError
 from mgd_rt.numerics import compare_logits
@@ -347,3 +349,29 @@ def test_backend_selection_follows_the_table():
         backend_for("m.engine", "onnxruntime")
     with pytest.raises(MgdRtError, match="unknown URL scheme 'ftp'"):
         backend_for("ftp://h/m")
+
+
+@pytest.mark.parametrize(("backend", "props", "warning"), [
+    ("onnxruntime", {}, None),  # not checked by mgd-rt calibrate: nothing to say
+    ("onnxruntime", {"int8_checked_on": "onnxruntime", "int8_check": "pass"}, None),
+    ("onnxruntime", {"int8_checked_on": "openvino", "int8_check": "pass"},
+     "checked on openvino, and onnxruntime runs it here: integer kernels differ between runtimes; check it where "
+     "it runs (mgd-rt calibrate FP32_GRAPH --backend onnxruntime)"),
+    ("onnxruntime", {"int8_checked_on": "onnxruntime", "int8_check": "fail"},
+     "failed mgd-rt calibrate's held-out check (on onnxruntime)"),
+    pytest.param("openvino", {"int8_checked_on": "onnxruntime", "int8_check": "pass"},
+                 "and openvino runs it here: integer kernels differ between runtimes; check it where it runs "
+                 "(mgd-rt calibrate FP32_GRAPH --backend openvino)", marks=needs_openvino),
+    pytest.param("openvino", {"int8_checked_on": "openvino", "int8_check": "pass"}, None, marks=needs_openvino),
+])
+def test_int8_graph_checked_elsewhere_warns(tmp_path, caplog, backend, props, warning):
+    """An INT8 graph says where mgd-rt calibrate checked it; a runtime running it elsewhere, or a graph that failed
+    the check, logs one warning naming the file and the command that checks it where it runs."""
+    graph = make_int8_toy_onnx(tmp_path / "toy.int8.onnx", metadata=props)
+    with caplog.at_level(logging.WARNING, logger="mgd_rt"), load_backend(graph, backend) as loaded:
+        assert loaded.precision == "int8"
+    warnings = [r.getMessage() for r in caplog.records if r.levelno == logging.WARNING]
+    if warning is None:
+        assert warnings == []
+    else:
+        assert len(warnings) == 1 and warnings[0].startswith(f"{graph}: this INT8 graph") and warning in warnings[0]

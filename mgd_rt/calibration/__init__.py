@@ -12,7 +12,7 @@ from __future__ import annotations
 from mgd_rt.calibration.exclusions import DEFAULT_EXCLUDE_OP_TYPES, FULL_RESOLUTION_DIVISOR
 from mgd_rt.calibration.quantize import CALIBRATION_KEYS, METHODS, calibrate
 from mgd_rt.calibration.recovery import RecoveryBudget, RecoveryResult, recover_accuracy
-from mgd_rt.calibration.report import AccuracyReport, accuracy_report
+from mgd_rt.calibration.report import AccuracyReport, accuracy_report, record_check
 
 __all__ = [
     "CALIBRATION_KEYS",
@@ -24,5 +24,6 @@ __all__ = [
     "RecoveryResult",
     "accuracy_report",
     "calibrate",
+    "record_check",
     "recover_accuracy",
 ]

@@ -66,6 +66,12 @@ class CheckBackend:
                              f"in fp32 only" + ("; --backend openvino --dtype bf16 runs them in bf16"
                                                 if self.backend == "onnxruntime" else ""))
 
+    @property
+    def key(self) -> str:
+        """The check's place as an INT8 graph's ``int8_checked_on`` prop records it: onnxruntime, openvino or
+        openvino-bf16 (what BaseBackend.warn_int8_check compares with the runtime running the graph)."""
+        return self.backend + (f"-{self.dtype}" if self.dtype else "")
+
     def __str__(self) -> str:
         return "ONNX Runtime CPU" if self.backend == "onnxruntime" else \
             f"OpenVINO CPU{', float layers in bf16' if self.dtype else ''}"

@@ -14,7 +14,7 @@ from pathlib import Path
 
 import numpy as np
 
-from mgd_rt.artifacts import write_json_atomic
+from mgd_rt.artifacts import INT8_CHECK_KEY, INT8_CHECKED_ON_KEY, write_json_atomic
 from mgd_rt.calibration import data as calib_data
 from mgd_rt.calibration.check_backend import CheckBackend
 from mgd_rt.contract import IMAGENET_MEAN, IMAGENET_STD
@@ -177,6 +177,20 @@ class AccuracyReport:
     def save(self, path: str | Path) -> Path:
         """Write the JSON atomically (nothing is left behind on an error)."""
         return write_json_atomic(path, self.as_dict())
+
+
+def record_check(int8_path: str | Path, report: AccuracyReport) -> None:
+    """Write where ``report`` checked the INT8 graph at ``int8_path`` and its verdict into the graph's metadata
+    (artifacts.INT8_CHECKED_ON_KEY, INT8_CHECK_KEY), so a runtime that runs it elsewhere can say so."""
+    import onnx
+
+    from mgd_rt.export import save_graph
+    from mgd_rt.export.graph import set_metadata
+
+    path = Path(int8_path)
+    model = onnx.load(str(path))
+    set_metadata(model, {INT8_CHECKED_ON_KEY: report.check_on.key, INT8_CHECK_KEY: "pass" if report.passed else "fail"})
+    save_graph(model, path)
 
 
 def describe_tolerance(tol: Tolerance) -> str:

@@ -128,7 +128,9 @@ def run(args: argparse.Namespace) -> int:
         verdict = result.verdict()
         report = result.final
     from mgd_rt.artifacts import write_json_atomic
+    from mgd_rt.calibration.report import record_check
 
+    record_check(path, report)  # the file at path is the one this report checked (recovery's, if it wrote one)
     saved = write_json_atomic(report_path, data)
     print(json.dumps(data, indent=2) if args.json else "\n".join(printed))
     print(f"{verdict}; report {saved}; {time.perf_counter() - start:.1f} s")

@@ -9,13 +9,14 @@ the artifact takes. A backend is one file (a subclass that loads the artifact an
 
 from __future__ import annotations
 
+import logging
 from abc import ABC, abstractmethod
 from collections.abc import Iterable, Mapping
 from pathlib import Path
 
 import numpy as np
 
-from mgd_rt.artifacts import metadata_floats
+from mgd_rt.artifacts import INT8_CHECK_KEY, INT8_CHECKED_ON_KEY, metadata_floats
 from mgd_rt.contract import (
     FLOAT_INPUT,
     IMAGENET_MEAN,
@@ -28,6 +29,8 @@ from mgd_rt.contract import (
 )
 from mgd_rt.errors import MgdRtError
 from mgd_rt.runtime.processing import normalise_batch, to_pixels
+
+log = logging.getLogger("mgd_rt")
 
 
 class Backend(ABC):
@@ -85,6 +88,22 @@ class Backend(ABC):
             raise MgdRtError(f"{INPUT_FORMAT_KEY} {fmt!r} in the {self.kind}'s metadata: this mgd-rt knows "
                              f"{', '.join(INPUT_FORMATS)}; upgrade mgd-rt or re-export")
         self.input_format = fmt
+
+    def warn_int8_check(self, source: str, runs_on: str) -> None:
+        """Log a warning when the INT8 graph just loaded failed mgd-rt calibrate's held-out check, or passed it on
+        another runtime than ``runs_on`` (CheckBackend.key's spelling: onnxruntime, openvino, openvino-bf16): the
+        runtimes' integer kernels differ, and a B+ graph that passed on ONNX Runtime missed on OpenVINO (one of
+        three seeded sets). Graphs without the props (not checked by mgd-rt calibrate) pass silently."""
+        checked_on = self.metadata.get(INT8_CHECKED_ON_KEY)
+        if self.metadata.get("precision") != "int8" or checked_on is None:
+            return
+        if self.metadata.get(INT8_CHECK_KEY) != "pass":
+            log.warning("%s: this INT8 graph failed mgd-rt calibrate's held-out check (on %s): its masks can be off "
+                        "the FP32 graph's; see its .report.json", source, checked_on)
+        elif checked_on != runs_on:
+            log.warning("%s: this INT8 graph's accuracy was checked on %s, and %s runs it here: integer kernels "
+                        "differ between runtimes; check it where it runs (mgd-rt calibrate FP32_GRAPH --backend %s)",
+                        source, checked_on, runs_on, runs_on.replace("-bf16", " --dtype bf16"))
 
     def check_image_size(self, source: str, sides: list[int | None], shape: object) -> int:
         """S from the metadata's image_size (applied first), else the input's static side; refused when

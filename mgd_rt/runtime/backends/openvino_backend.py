@@ -176,6 +176,7 @@ class OpenVINOBackend(Backend):
             self.check_dtype(dtype, path.name, remedy)
         # an fp16 graph's weights are fp16 and computed in f32 (x86 has no fp16 arithmetic without AVX-512 FP16)
         self.compute = "bf16" if float_bf16 else "f32"
+        self.warn_int8_check(str(path), "openvino-bf16" if float_bf16 else "openvino")
         if self.compute == "bf16" and "BF16" not in capabilities:
             raise MgdRtError(f"--dtype bf16: this CPU ({cpu}) has no bfloat16 arithmetic for OpenVINO (it "
                              f"needs AVX-512 BF16 or AMX; OpenVINO lists {', '.join(capabilities)}); "
