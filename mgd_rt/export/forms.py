@@ -63,7 +63,7 @@ def attend(
     ``attention_op``: one ONNX Attention (opset 23) on the (B, N, heads * d) tensors as they come, which splits
     the heads itself, with q, k and v projected by three products on the thirds of sam2's packed qkv weight: a
     Split of the packed projection runs as OpenVINO's reference Split (87 ms per B+ image at 1024); three
-    products measured (B+ 1024, interleaved pairs, Emerald Rapids) 1.03x on OpenVINO fp32, 1.045x bf16, 1.04x
+    products measured (B+ 1024, interleaved pairs, Emerald Rapids) 1.04x on OpenVINO fp32, 1.05x bf16, 1.04x
     on ONNX Runtime fp32, logits bit-identical in fp32. Else sam2's own form: the packed projection, q, k, v
     split into (B, heads, N, d) for scaled_dot_product_attention and the heads merged back, which the exporter
     writes as four Transposes around the attention. Eager, both compute the same attention. ``padding``: the
@@ -127,8 +127,8 @@ class PaddingKey:
     @staticmethod
     def of(attn: MultiScaleAttention) -> tuple[torch.Tensor, torch.Tensor]:
         """(key, value) of a zero token under ``attn``'s qkv projection: the k and v thirds of its bias."""
-        (_, _), (k_weight, k_bias), (_, v_bias) = _qkv_thirds(attn)
-        zeros = k_weight.new_zeros(k_weight.shape[0])
+        _, (k_weight, k_bias), (_, v_bias) = _qkv_thirds(attn)
+        zeros = k_weight.new_zeros(k_weight.shape[0])  # sam2's qkv without a bias
         return (zeros if k_bias is None else k_bias.detach()), (zeros if v_bias is None else v_bias.detach())
 
 

@@ -101,9 +101,12 @@ class Backend(ABC):
             log.warning("%s: this INT8 graph failed mgd-rt calibrate's held-out check (on %s): its masks can be off "
                         "the FP32 graph's; see its .report.json", source, checked_on)
         elif checked_on != runs_on:
+            backend, _, dtype = runs_on.partition("-")
+            remedy = (f"check it where it runs (mgd-rt calibrate FP32_GRAPH --backend {backend}"
+                      f"{' --dtype ' + dtype if dtype else ''})" if backend in ("onnxruntime", "openvino")
+                      else "mgd-rt calibrate checks on the CPU runtimes only")
             log.warning("%s: this INT8 graph's accuracy was checked on %s, and %s runs it here: integer kernels "
-                        "differ between runtimes; check it where it runs (mgd-rt calibrate FP32_GRAPH --backend %s)",
-                        source, checked_on, runs_on, runs_on.replace("-bf16", " --dtype bf16"))
+                        "differ between runtimes; %s", source, checked_on, runs_on, remedy)
 
     def check_image_size(self, source: str, sides: list[int | None], shape: object) -> int:
         """S from the metadata's image_size (applied first), else the input's static side; refused when

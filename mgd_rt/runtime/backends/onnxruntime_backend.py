@@ -144,7 +144,7 @@ class OnnxRuntimeBackend(Backend):
         self.fixed_batch = shape[0] if isinstance(shape[0], int) else None
         self.precision = meta.get("precision", "fp32")
         self.check_dtype(dtype, path.name, f"export a {dtype} graph and pass that file")
-        self.warn_int8_check(str(path), "onnxruntime" if not on_gpu else f"onnxruntime ({self.provider})")
+        self.warn_int8_check(str(path), "onnxruntime" if not on_gpu else f"onnxruntime on {self.provider}")
         self._bind = on_gpu
 
     def run_exact(self, batch: np.ndarray) -> np.ndarray:
