@@ -114,9 +114,32 @@ def test_every_attention_is_one_attention_node(cpu_graph, torch_run):
     # the windowed blocks project each run of windows as it comes out (padless_window_block), the global ones
     # after merging the (B, H, W) layout back
     assert set(consumers) == {"Reshape", "MatMul"}
-    # measured 811 (790 with one packed qkv projection and a Split, 820 before the pooling blocks lost their
-    # padding, 855 before the head-major form; opset 20: 1,100)
-    assert len(model.graph.node) < 830
+    # measured 845 (811 before the CPU layouts below, 790 with one packed qkv projection and a Split, 820 before
+    # the pooling blocks lost their padding, 855 before the head-major form; opset 20: 1,100)
+    assert len(model.graph.node) < 860
+
+
+def test_cpu_layouts(cpu_graph):
+    """export_form's CPU layouts: Hiera pools its tokens channels-last (two ReduceMax per pooling, no MaxPool
+    between Transposes), normalises them as (B, H * W, C) rows, and no 1x1 convolution reads a channel
+    concatenation (HMIM's fuse1 and fuse2, the DRM's ME projector: sums of convolutions over the parts)."""
+    model = onnx.shape_inference.infer_shapes(onnx.load(str(cpu_graph), load_external_data=False))
+    graph = model.graph
+    ops = Counter(node.op_type for node in graph.node)
+    # tiny: three stage transitions, each pooling the shortcut and the queries
+    assert ops["MaxPool"] == 0 and ops["ReduceMax"] == 3 * 2 * 2
+    rank = {v.name: len(v.type.tensor_type.shape.dim) for v in [*graph.input, *graph.value_info, *graph.output]}
+    norms = [node for node in graph.node if node.op_type == "LayerNormalization"]
+    assert len(norms) == 26 and {rank[node.input[0]] for node in norms} == {3}  # Hiera's 14 were 4-D
+    producers = {out: node for node in graph.node for out in node.output}
+
+    def axis(node: onnx.NodeProto) -> int:
+        return next(a.i for a in node.attribute if a.name == "axis")
+
+    conv_inputs = [producers[node.input[0]] for node in graph.node
+                   if node.op_type == "Conv" and node.input[0] in producers]
+    # the one concatenation a convolution reads is the views' (the batch axis) into the patch embedding
+    assert [axis(n) for n in conv_inputs if n.op_type == "Concat"] == [0]
 
 
 def test_onnxruntime_fp32_matches_pytorch(cpu_graph, capsys):

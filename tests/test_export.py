@@ -106,6 +106,66 @@ def test_padless_pooling_block_equals_sam2(tokens, attention_op):
     assert compare_logits(expected, got, "rewrite", name=f"padless pooling block {tokens}")
 
 
+@pytest.mark.parametrize("stride", [(2, 2), (1, 2)], ids=["sam2", "rows-only"])
+def test_max_pool_tokens_is_do_pool(stride):
+    """Pooling channels-last tokens by maxima gives sam2's do_pool bit for bit; a pooling it does not cover
+    (kernel other than the stride) goes to do_pool itself."""
+    from sam2.modeling.backbones.hieradet import do_pool
+
+    from mgd_rt.export.forms import max_pool_tokens
+
+    torch.manual_seed(0)
+    x = torch.randn(3, 8, 12, 16)
+    pool = torch.nn.MaxPool2d(kernel_size=stride, stride=stride)
+    got = max_pool_tokens(x, pool)
+    assert got.shape == (3, 8 // stride[0], 12 // stride[1], 16)
+    assert torch.equal(got, do_pool(x, pool))
+    overlapping = torch.nn.MaxPool2d(kernel_size=3, stride=2, padding=1)
+    assert torch.equal(max_pool_tokens(x, overlapping), do_pool(x, overlapping))
+
+
+@pytest.mark.parametrize("shape", [(2, 7, 9, 32), (2, 10, 32)], ids=["tokens", "rows"])
+def test_token_layer_norm_is_the_layer_norm(shape):
+    from mgd_rt.export.forms import token_layer_norm
+
+    torch.manual_seed(0)
+    norm = torch.nn.LayerNorm(32).eval()
+    torch.nn.init.normal_(norm.weight)
+    torch.nn.init.normal_(norm.bias)
+    x = torch.randn(*shape) * 3 + 1
+    with torch.no_grad():
+        assert torch.equal(token_layer_norm(norm)(x), norm(x))
+
+
+@pytest.mark.parametrize("with_norm", [False, True], ids=["plain", "batch-norm"])
+@pytest.mark.parametrize("with_residual", [False, True], ids=["alone", "residual"])
+def test_summed_concat_conv_equals_the_concatenation(with_norm, with_residual):
+    """A 1x1 convolution over concatenated parts, as the sum of one convolution per part (the BatchNorm folded
+    into them, the residual the sum's first term), gives the concatenated form's numbers (TOLERANCES['rewrite']);
+    its parameters keep nn.Conv2d's names, so checkpoints load unchanged."""
+    from mgd_rt.model.concat_conv import ConcatConv, use_summed_concat_convs
+
+    torch.manual_seed(0)
+    conv = ConcatConv(3 * 16, 32).eval()
+    assert list(conv.state_dict()) == ["weight", "bias"]
+    norm = torch.nn.BatchNorm2d(32).eval() if with_norm else None
+    if norm is not None:
+        for tensor in (norm.weight, norm.bias, norm.running_mean):
+            torch.nn.init.normal_(tensor)
+        norm.running_var.uniform_(0.5, 2.0)
+    parts = [torch.randn(2, 16, 9, 11) for _ in range(3)]
+    residual = torch.randn(2, 32, 9, 11) if with_residual else None
+    with torch.no_grad():
+        expected = conv.of(*parts, norm=norm, residual=residual)
+        reference = conv(torch.cat(parts, dim=1))
+        reference = reference if norm is None else norm(reference)
+        assert torch.equal(expected, reference if residual is None else reference + residual)
+        assert use_summed_concat_convs(conv) == 1 and conv.as_sum
+        summed = conv.of(*parts, norm=norm, residual=residual)
+    assert compare_logits(expected.numpy(), summed.numpy(), "rewrite", name="summed concat conv")
+    assert not torch.equal(summed, expected)  # the summed form really ran: its rounding differs
+
+
 def test_windows_skip_the_padding(tiny_model, fixture_image):
     """The windowed blocks' projections (those of the stages' first, query-pooling blocks too) run on the H x W
     tokens, not on the windows' zero padding: the export form's trunk does exactly 2 C_in C_out fewer projection
@@ -142,7 +202,7 @@ def test_windows_skip_the_padding(tiny_model, fixture_image):
 
     with torch.no_grad():
         eager, eager_flops = measure("eager")
-        with export_form(tiny_model, padless_windows=True):
+        with export_form(tiny_model, cpu_graph=True):
             form, form_flops = measure("form")
     # qkv and proj see the real tokens only (proj the pooled ones in a query-pooling block)
     pooled = [b.q_stride[0] * b.q_stride[1] if b.q_stride else 1 for b in blocks]

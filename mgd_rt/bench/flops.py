@@ -46,7 +46,7 @@ def count_flops(variant: str, image_size: int) -> dict[str, Any]:
         quiet.setLevel(level)
     counter = FlopCounterMode(display=False)
     # a CPU pass: the model's autocast check knows no meta device
-    with torch.inference_mode(), export_form(model, padless_windows=True), sdpa_kernel(SDPBackend.MATH), counter:
+    with torch.inference_mode(), export_form(model, cpu_graph=True), sdpa_kernel(SDPBackend.MATH), counter:
         model(torch.zeros(1, 3, image_size, image_size))
     by_op = {str(k): int(v) for k, v in counter.get_flop_counts().get("Global", {}).items()}
     result = {"flops_per_image": int(counter.get_total_flops()), "gflops_per_image": counter.get_total_flops() / 1e9,

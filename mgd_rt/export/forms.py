@@ -1,6 +1,6 @@
 """The export form of MGDSAM2: the same numbers, in modules that export to clean ONNX.
 
-Four rewrites (five for the CPU graph), all reverted when the context exits (the eager model is
+Four rewrites (eight for the CPU graph), all reverted when the context exits (the eager model is
 never changed for good):
 - every depth-2 depthwise Conv3d runs as two depthwise Conv2d (no 5-D tensors, no Squeeze
   whose dimension the exporter cannot prove is 1, which becomes an If);
@@ -14,7 +14,11 @@ never changed for good):
   padding at all (:func:`padless_window_block`, :func:`padless_pooling_block`);
 - for opset >= 23 (the CPU graph) Hiera's attention without query pooling becomes one ONNX Attention
   node on head-major tensors, without the four Transposes sam2's head split and merge cost, and every
-  Hiera attention projects q, k and v apart (no Split of a packed projection).
+  Hiera attention projects q, k and v apart (no Split of a packed projection);
+- for the CPU graph, three layouts its runtimes handle better: Hiera's max pooling as maxima over the
+  channels-last tokens (:func:`max_pool_tokens`), its layer norms on (B, H * W, C) rows
+  (:func:`token_layer_norm`), and every 1x1 convolution over a concatenation (HMIM's fusions, the DRM's
+  ME projector) as a sum of convolutions over the parts (:class:`mgd_rt.model.concat_conv.ConcatConv`).
 """
 
 from __future__ import annotations
@@ -32,6 +36,7 @@ from torch import nn
 
 from mgd_rt.contract import IMAGENET_MEAN, IMAGENET_STD
 from mgd_rt.model import MGDSAM2, use_conv2d_pairs
+from mgd_rt.model.concat_conv import use_summed_concat_convs
 
 # Hiera's patch embedding has stride 4; the trunk sees S/2 views
 _PATCH_STRIDE = 4
@@ -143,6 +148,21 @@ def onnx_attention(attn: MultiScaleAttention) -> Callable[[torch.Tensor], torch.
     return forward
 
 
+def token_layer_norm(norm: nn.LayerNorm) -> Callable[[torch.Tensor], torch.Tensor]:
+    """``norm`` (over the channels) on the tokens as one row each: (B, H, W, C) -> (B, H, W, C) through
+    (B, H * W, C), the same numbers. OpenVINO 2026.4 fuses a LayerNormalization of 3-D tokens into one MVN;
+    of 4-D ones it runs a mean, a subtraction and an RMS norm, about twice the time (B+ at 1024: 78 ms of 2.8 s,
+    fp32, Emerald Rapids)."""
+
+    def forward(x: torch.Tensor) -> torch.Tensor:
+        if x.dim() <= 3:
+            return F.layer_norm(x, norm.normalized_shape, norm.weight, norm.bias, norm.eps)
+        rows = x.reshape(x.shape[0], -1, x.shape[-1])
+        return F.layer_norm(rows, norm.normalized_shape, norm.weight, norm.bias, norm.eps).reshape(x.shape)
+
+    return forward
+
+
 def _window_runs(tokens: int, size: int) -> list[tuple[int, int, int]]:
     """(start, stop, window) along one side of ``tokens``: whole windows of ``size`` over the largest multiple
     of it, then one window of the tokens left over (the one sam2 pads up to ``size``)."""
@@ -234,7 +254,7 @@ def padless_pooling_block(block: MultiScaleBlock, attention_op: bool) -> Callabl
 
     def forward(x: torch.Tensor) -> torch.Tensor:  # (B, H, W, C) -> (B, H / sh, W / sw, C_out)
         normed = block.norm1(x)
-        shortcut = do_pool(block.proj(normed), block.pool)  # (B, H / sh, W / sw, C_out)
+        shortcut = max_pool_tokens(block.proj(normed), block.pool)  # (B, H / sh, W / sw, C_out)
         return _residual_and_mlp(block, shortcut, attend_runs(normed))
 
     return forward
@@ -242,7 +262,26 @@ def padless_pooling_block(block: MultiScaleBlock, attention_op: bool) -> Callabl
 
 def _pool_queries(attn: MultiScaleAttention, wh: int, ww: int, q: torch.Tensor) -> torch.Tensor:
     """``attn``'s query pooling inside windows of wh x ww tokens: q (Bw, wh * ww, C) -> (Bw, wh * ww / stride^2, C)."""
-    return do_pool(q.reshape(-1, wh, ww, q.shape[-1]), attn.q_pool).reshape(q.shape[0], -1, q.shape[-1])
+    return max_pool_tokens(q.reshape(-1, wh, ww, q.shape[-1]), attn.q_pool).reshape(q.shape[0], -1, q.shape[-1])
+
+
+def max_pool_tokens(x: torch.Tensor, pool: nn.MaxPool2d) -> torch.Tensor:
+    """sam2's ``do_pool`` for its max pooling (kernel = stride, no padding) on tokens with sides a whole
+    number of cells: (B, H, W, C) -> (B, H / sh, W / sw, C) as one maximum over each cell's tokens, where
+    do_pool transposes to (B, C, H, W) for MaxPool2d and back: two Transposes of the map (B+ at 1024: 46 ms of
+    OpenVINO's 2.8 s, fp32, Emerald Rapids). The same numbers: a maximum rounds nothing."""
+    sh, sw = _pair(pool.stride)
+    if _pair(pool.kernel_size) != (sh, sw) or _pair(pool.padding) != (0, 0) or _pair(pool.dilation) != (1, 1):
+        return do_pool(x, pool)
+    _, h, w, c = x.shape
+    # two single-axis maxima, rows first: OpenVINO runs a maximum over two axes of a 6-D tensor with its
+    # reference kernel (4x slower than the Transposes it replaces)
+    rows = x.reshape(-1, sh, w * c).amax(dim=1)  # (B * H / sh, W * C)
+    return rows.reshape(-1, h // sh, w // sw, sw, c).amax(dim=3)
+
+
+def _pair(value: int | tuple[int, ...]) -> tuple[int, int]:
+    return (value, value) if isinstance(value, int) else (value[0], value[1])
 
 
 def _residual_and_mlp(block: MultiScaleBlock, x: torch.Tensor, projected: torch.Tensor) -> torch.Tensor:
@@ -276,16 +315,17 @@ def cropped_window_block(block: MultiScaleBlock, attention_op: bool) -> Callable
 
 
 @contextmanager
-def export_form(model: MGDSAM2, attention_op: bool = False, padless_windows: bool = False) -> Iterator[MGDSAM2]:
+def export_form(model: MGDSAM2, attention_op: bool = False, cpu_graph: bool = False) -> Iterator[MGDSAM2]:
     """Switch ``model`` to its export form for its own ``image_size``; restore it on exit.
 
     Inside the context ``model(image)`` for image (B, 3, S, S) gives the eager logits
     (within ``TOLERANCES["rewrite"]``, asserted by tests/test_export.py). ``attention_op``: Hiera's
     attention as ONNX Attention nodes on head-major tensors (:func:`onnx_attention`; ONNX opset >= 23 only).
-    ``padless_windows``: the windowed blocks skip their padding (:func:`padless_window_block`, and
+    ``cpu_graph``: the windowed blocks skip their padding (:func:`padless_window_block`, and
     :func:`padless_pooling_block` for the stages' first blocks; B+ at 1024: 963 -> 849 GFLOP, faster on the
-    CPU runtimes, but four attentions per block where there was one, for the CPU graph); else they crop it
-    before the output projection (:func:`cropped_window_block`, 942).
+    CPU runtimes, but four attentions per block where there was one), else they crop it before the output
+    projection (:func:`cropped_window_block`, 942); and the CPU layouts (:func:`max_pool_tokens`,
+    :func:`token_layer_norm`, summed ConcatConv).
     """
     side = model.image_size // 2  # each view is (S/2, S/2)
     trunk = model.image_encoder.trunk
@@ -297,6 +337,7 @@ def export_form(model: MGDSAM2, attention_op: bool = False, padless_windows: boo
         # (1, 256, E, E), E = S/32
         dense_pe = model.pe_layer((embed, embed)).detach()
     use_conv2d_pairs(model, True)
+    use_summed_concat_convs(model, cpu_graph)
     original_pe_layer = model.pe_layer
     hiera_code = ConstantCode(hiera_pos)
     # an instance attribute shadows the class method only while the context is open. Set past
@@ -307,14 +348,17 @@ def export_form(model: MGDSAM2, attention_op: bool = False, padless_windows: boo
     model.pe_layer = ConstantCode(dense_pe)  # type: ignore[assignment]
     windowed = [m for m in trunk.modules() if isinstance(m, MultiScaleBlock) and m.window_size > 0
                 and m.attn.q_pool is None and m.dim == m.dim_out]
-    rewrite = padless_window_block if padless_windows else cropped_window_block
+    rewrite = padless_window_block if cpu_graph else cropped_window_block
     for block in windowed:  # the same instance-attribute shadowing as the position code's
         object.__setattr__(block, "forward", rewrite(block, attention_op))
     pooling = [m for m in trunk.modules() if isinstance(m, MultiScaleBlock) and m.window_size > 0
                and m.q_stride and m.window_size % m.q_stride[0] == 0 and m.window_size % m.q_stride[1] == 0
-               ] if padless_windows else []
+               ] if cpu_graph else []
     for block in pooling:
         object.__setattr__(block, "forward", padless_pooling_block(block, attention_op))
+    norms = [m for m in trunk.modules() if isinstance(m, nn.LayerNorm)] if cpu_graph else []
+    for norm in norms:
+        object.__setattr__(norm, "forward", token_layer_norm(norm))
     # the global blocks' attentions (the windowed blocks' forward above calls attend itself)
     attentions = [b.attn for b in trunk.modules() if isinstance(b, MultiScaleBlock) and b not in windowed
                   and b.attn.q_pool is None] if attention_op else []
@@ -329,10 +373,11 @@ def export_form(model: MGDSAM2, attention_op: bool = False, padless_windows: boo
         yield model
     finally:
         del trunk._get_pos_embed
-        for module in [*windowed, *pooling, *attentions]:
+        for module in [*windowed, *pooling, *attentions, *norms]:
             del module.forward
         model.pe_layer = original_pe_layer
         use_conv2d_pairs(model, False)
+        use_summed_concat_convs(model, False)
 
 
 class PixelInput(nn.Module):

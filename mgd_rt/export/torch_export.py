@@ -31,7 +31,8 @@ DEFAULT_OPSET = 20
 # ONNX Runtime, 2-3% on OpenVINO; with export_form's head-major attention 1,679 nodes, 5% more on ONNX
 # Runtime, 1,661 with its cropped window projection, 2,276 without the window padding (6-10% faster on
 # both runtimes, more with the runs cut before their projections), 2,483 with q, k, v projected apart (no Split,
-# 4% faster); README "ONNX export"). TensorRT-RTX 1.7 builds
+# 4% faster), 2,581 with export_form's CPU layouts (pooling and layer norms on tokens, no concatenation
+# into a 1x1 convolution); README "ONNX export"). TensorRT-RTX 1.7 builds
 # Attention in FP16 but in FP32 only for a fixed batch, so the default stays DEFAULT_OPSET.
 CPU_OPSET = 23  # also the first opset that has Attention
 # the batch range torch.export may assume; any B in it gives the same graph
@@ -84,7 +85,7 @@ def torch_to_onnx(
     if batch is None:
         dynamic_shapes = {"image": {0: torch.export.Dim(BATCH_AXIS_NAME, min=1, max=MAX_BATCH)}}
     cpu_graph = opset >= CPU_OPSET
-    with export_form(model, attention_op=cpu_graph, padless_windows=cpu_graph), warnings.catch_warnings():
+    with export_form(model, attention_op=cpu_graph, cpu_graph=cpu_graph), warnings.catch_warnings():
         warnings.simplefilter("ignore")
         try:
             program = torch.onnx.export(

@@ -5,6 +5,7 @@ from __future__ import annotations
 import torch
 from torch import nn
 
+from mgd_rt.model.concat_conv import ConcatConv
 from mgd_rt.model.pair_conv import DepthPairConv
 from mgd_rt.model.views import patches2image, resize, split_views
 
@@ -24,15 +25,18 @@ class MultiKernelEnhance(nn.Module):
         self.conv2 = nn.Sequential(nn.Conv2d(half, half, 5, padding=2), nn.BatchNorm2d(half))
         self.conv3 = nn.Sequential(nn.Conv2d(half, half, 7, padding=3), nn.BatchNorm2d(half))
         self.projector = nn.Sequential(
-            nn.ReLU(), nn.Conv2d(half * 3, channels, kernel_size=1), nn.BatchNorm2d(channels)
+            nn.ReLU(), ConcatConv(half * 3, channels), nn.BatchNorm2d(channels)
         )
         self.na = nn.ReLU()
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
         """(B, C, H, W) -> (B, C, H, W)."""
         y = self.linear(x)
-        y = torch.cat([self.conv1(y), self.conv2(y), self.conv3(y)], dim=1)
-        return self.na(self.projector(y) + x)
+        relu, project, norm = self.projector
+        # the ReLU of the concatenation is the concatenation of the ReLUs: each branch's ReLU
+        # then fuses into its convolution, and the projection can take the branches apart
+        y = project.of(relu(self.conv1(y)), relu(self.conv2(y)), relu(self.conv3(y)), norm=norm, residual=x)
+        return self.na(y)
 
 
 class DetailRefinement(nn.Module):
