@@ -13,6 +13,8 @@ import torch
 import torch.nn.functional as F
 from torch import nn
 
+from mgd_rt.model.switch import switch_modules
+
 
 class ConcatConv(nn.Conv2d):
     """1x1 Conv2d over the channel concatenation of its inputs; ``as_sum`` selects the summed form."""
@@ -47,9 +49,4 @@ class ConcatConv(nn.Conv2d):
 
 def use_summed_concat_convs(model: nn.Module, enabled: bool = True) -> int:
     """Switch every ConcatConv in ``model`` to (or from) the summed form; returns how many."""
-    count = 0
-    for module in model.modules():
-        if isinstance(module, ConcatConv):
-            module.as_sum = enabled
-            count += 1
-    return count
+    return switch_modules(model, ConcatConv, "as_sum", enabled)

@@ -12,6 +12,8 @@ import torch
 import torch.nn.functional as F
 from torch import nn
 
+from mgd_rt.model.switch import switch_modules
+
 
 class DepthPairConv(nn.Conv3d):
     """Depthwise Conv3d fusing two maps; ``as_conv2d`` selects the export form."""
@@ -39,9 +41,4 @@ class DepthPairConv(nn.Conv3d):
 
 def use_conv2d_pairs(model: nn.Module, enabled: bool = True) -> int:
     """Switch every DepthPairConv in ``model`` to (or from) the two-Conv2d form; returns how many."""
-    count = 0
-    for module in model.modules():
-        if isinstance(module, DepthPairConv):
-            module.as_conv2d = enabled
-            count += 1
-    return count
+    return switch_modules(model, DepthPairConv, "as_conv2d", enabled)
