@@ -608,6 +608,8 @@ def summary_markdown(data: dict) -> str:
         f"{' '.join(f for f in cpu.get('flags', []) if f in ISA_FLAGS) or 'none of ' + ' '.join(ISA_FLAGS)})"
     load = env.get("load_average_start")
     loads = f"; load average at start {load[0]:.2f}" if load else ""
+    malloc = env.get("env_malloc")
+    loads += f"; allocator: {' '.join(f'{k}={v}' for k, v in malloc.items())}" if malloc else ""
     several = len({r.get("weights") for r in data["results"]}) > 1
     weights_col = "weights | " if several else ""
     lines = [f"**{where}** ({data['created']}{loads})\n\n",

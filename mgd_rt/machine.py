@@ -179,6 +179,11 @@ def _torch_facts(device: str) -> dict[str, Any]:
     return facts
 
 
+def malloc_settings() -> dict[str, str]:
+    """The allocator settings of this process's environment: glibc's ``MALLOC_*`` variables and ``LD_PRELOAD``."""
+    return {k: v for k, v in sorted(os.environ.items()) if k.startswith("MALLOC_") or k == "LD_PRELOAD"}
+
+
 def environment(device: str) -> dict[str, Any]:
     """Everything that explains a speed measured on ``device``: machine, libraries, threads, load, GPU facts.
 
@@ -192,6 +197,9 @@ def environment(device: str) -> dict[str, Any]:
         "load_average_start": load_average(),
         "libraries": {d: library_version(d) for d in BENCH_LIBRARIES},
         "env_threads": {k: os.environ[k] for k in ("OMP_NUM_THREADS", "MKL_NUM_THREADS") if k in os.environ},
+        # glibc's malloc settings (or a preloaded allocator) move PyTorch's eager CPU time by 1.4x
+        # (benchmarks/eager_allocator.py); the runtimes with their own arenas barely notice
+        "env_malloc": malloc_settings(),
     }
     if "torch" in sys.modules or device.startswith("cuda"):
         try:
@@ -210,4 +218,5 @@ def environment(device: str) -> dict[str, Any]:
 
 
 __all__ = ["BENCH_LIBRARIES", "NVIDIA_SMI_FIELDS", "cpu_info", "default_device", "environment", "library_version",
-           "load_average", "nvidia_smi", "peak_rss_mb", "python_version", "reset_peak_rss", "status_mb"]
+           "load_average", "malloc_settings", "nvidia_smi", "peak_rss_mb", "python_version", "reset_peak_rss",
+           "status_mb"]

@@ -6,6 +6,7 @@ from __future__ import annotations
 
 import json
 import math
+import os
 from pathlib import Path
 
 import numpy as np
@@ -72,6 +73,21 @@ def test_json_schema_and_environment(run):
     assert {(r["backend"], r["batch"]) for r in data["results"]} == {
         ("torch", 1), ("torch", 2), ("onnxruntime", 1), ("onnxruntime", 2)}
     assert report.ok and report.json_path == out
+
+
+def test_environment_names_the_allocator(monkeypatch):
+    """glibc's malloc settings and a preloaded allocator go into the environment a result records: they move
+    PyTorch's eager CPU time by 1.4x (benchmarks/eager_allocator.py)."""
+    from mgd_rt.machine import environment
+
+    for name in [k for k in os.environ if k.startswith("MALLOC_") or k == "LD_PRELOAD"]:
+        monkeypatch.delenv(name)
+    assert environment("cpu")["env_malloc"] == {}
+    monkeypatch.setenv("MALLOC_MMAP_THRESHOLD_", "4294967295")
+    monkeypatch.setenv("LD_PRELOAD", "/usr/lib/x86_64-linux-gnu/libjemalloc.so.2")
+    monkeypatch.setenv("MALLOCATOR", "not glibc's")  # a prefix match, not the MALLOC_ family
+    assert environment("cpu")["env_malloc"] == {"LD_PRELOAD": "/usr/lib/x86_64-linux-gnu/libjemalloc.so.2",
+                                                "MALLOC_MMAP_THRESHOLD_": "4294967295"}
 
 
 def test_figures_come_from_the_raw_timings(run):

@@ -92,12 +92,18 @@ def test_summary_says_how_rows_were_timed(run_matrix, rounds):
              "accuracy": {"passed": True, "tolerance_key": "fp32"},
              "latency_ms": {"mean": 1e3 / speedup, "p50": 1e3 / speedup}} for backend, speedup in
             (("torch", 1.0), ("onnxruntime", 1.5))]
-    data = {"environment": {"cpu": {"model": "Some CPU", "logical_cpus": 2, "flags": ["avx2", "fma"]}},
+    # the allocator moves the eager baseline (benchmarks/eager_allocator.py): a run under other settings says so
+    malloc = {"MALLOC_MMAP_THRESHOLD_": "4294967295"} if rounds == 3 else {}
+    data = {"environment": {"cpu": {"model": "Some CPU", "logical_cpus": 2, "flags": ["avx2", "fma"]},
+                            "env_malloc": malloc},
             "created": "2026-12-06T00:00:00+00:00", "results": rows, "matrix": {}, "flops": {},
             "settings": {"rounds": rounds, "warmup": 1, "iters": 3}, "peak": {"name": "Some CPU", "source": "-"}}
     md = run_matrix.summary_markdown(data)
     assert "| onnxruntime | onnxruntime | fp32 | 1 | 666.7 | 666.7 | 1.500 | 1.50 | - | - | - | - | yes (fp32) |" in md
     assert ("Timing: 3 rounds over a weight set's rows" in md) == (rounds == 3)
+    allocator = "; allocator: MALLOC_MMAP_THRESHOLD_=4294967295" if malloc else ""
+    header = f"**Some CPU, 2 logical CPUs (flags: avx2 fma)** (2026-12-06T00:00:00+00:00{allocator})"
+    assert md.splitlines()[0] == header
 
 
 def test_summarize_rejudges_against_todays_tolerance(run_matrix, tmp_path):
