@@ -73,6 +73,14 @@ def run_fresh(setting: str, args: argparse.Namespace) -> list[dict[str, float]]:
     return json.loads(done.stdout.strip().splitlines()[-1])
 
 
+def summarize(runs: list[dict]) -> dict[str, dict[str, float]]:
+    """Per setting, the median seconds and minor page faults over every timed call of its processes."""
+    calls = {setting: [c for r in runs if r["setting"] == setting for c in r["calls"]] for setting in SETTINGS}
+    return {setting: {"median_seconds": statistics.median(c["seconds"] for c in rows),
+                      "median_minor_faults": statistics.median(c["minor_faults"] for c in rows)}
+            for setting, rows in calls.items()}
+
+
 def markdown(report: dict) -> str:
     cpu = report["cpu"]
     lines = [f"**{cpu['model']}, {cpu['logical_cpus']} logical CPUs (flags: {' '.join(cpu['flags'])})** "
@@ -115,10 +123,7 @@ def main() -> int:
             print(f"{setting:22s} pair {pair + 1}: " + " ".join(
                 f"{c['seconds']:.2f}s/{c['minor_faults'] / 1e3:.0f}k faults" for c in calls), flush=True)
     cpu = cpu_info()
-    summary = {setting: {
-        "median_seconds": statistics.median(c["seconds"] for r in runs if r["setting"] == setting for c in r["calls"]),
-        "median_minor_faults": statistics.median(c["minor_faults"] for r in runs if r["setting"] == setting
-                                                 for c in r["calls"])} for setting in SETTINGS}
+    summary = summarize(runs)
     report = {"created": time.strftime("%Y-%m-%dT%H:%M:%S%z"), "variant": args.variant,
               "image_size": args.image_size, "threads": args.threads, "calls": args.calls, "pairs": args.pairs,
               "torch": library_version("torch"), "cpu": {**cpu, "flags": sorted(cpu.get("flags", []))},
