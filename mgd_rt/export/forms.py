@@ -155,9 +155,7 @@ def token_layer_norm(norm: nn.LayerNorm) -> Callable[[torch.Tensor], torch.Tenso
     fp32, Emerald Rapids)."""
 
     def forward(x: torch.Tensor) -> torch.Tensor:
-        if x.dim() <= 3:
-            return F.layer_norm(x, norm.normalized_shape, norm.weight, norm.bias, norm.eps)
-        rows = x.reshape(x.shape[0], -1, x.shape[-1])
+        rows = x.reshape(x.shape[0], -1, x.shape[-1])  # already rows when x is (B, N, C)
         return F.layer_norm(rows, norm.normalized_shape, norm.weight, norm.bias, norm.eps).reshape(x.shape)
 
     return forward
