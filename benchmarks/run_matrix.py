@@ -34,6 +34,7 @@ from pathlib import Path
 HERE = Path(__file__).resolve().parent
 sys.path.insert(0, str(HERE.parent))  # the repository, so an uninstalled checkout runs too
 
+import mgd_rt  # noqa: E402
 from mgd_rt.artifacts import write_json_atomic  # noqa: E402
 from mgd_rt.bench import Run, bench  # noqa: E402
 from mgd_rt.bench.report import computes  # noqa: E402
@@ -42,9 +43,11 @@ from mgd_rt.machine import cpu_info, default_device, load_average  # noqa: E402
 from mgd_rt.runtime.backends import BACKENDS  # noqa: E402
 
 log = logging.getLogger("mgd_rt")
-# the flags that decide which CPU kernels run (README: results per CPU kind)
 # the INT8 graph calibrate --backend openvino --dtype bf16 checked, beside <fp32 stem>.int8.onnx
 OPENVINO_BF16_INT8 = ".int8-openvino-bf16.onnx"
+# the code the work folder's files are made by (the imported package: a checkout or an installed copy)
+PACKAGE = Path(mgd_rt.__file__).resolve().parent
+# the flags that decide which CPU kernels run (README: results per CPU kind)
 ISA_FLAGS = ("avx2", "fma", "avx512f", "avx512_vnni", "avx_vnni", "avx512_bf16", "amx_tile", "amx_bf16", "amx_int8")
 
 
@@ -61,6 +64,19 @@ def _ort_gpu() -> tuple[bool, str]:
     providers = ort.get_available_providers()
     gpu = any(p in providers for p in ("CUDAExecutionProvider", "TensorrtExecutionProvider"))
     return gpu, f"onnxruntime {ort.__version__} has providers {', '.join(providers)}"
+
+
+def _changed_since(made: Path, *sources: Path) -> Path | None:
+    """The first of ``sources`` (files, or packages of .py files) modified after ``made`` was written, else None.
+
+    make's rule for the work folder: a graph, calibration or weight file is reused only while nothing it was
+    made from has changed, so a matrix run after an export-form change never times the graph from before it."""
+    made_at = made.stat().st_mtime
+    for source in sources:
+        for file in sorted(source.rglob("*.py")) if source.is_dir() else [source]:
+            if file.is_file() and file.stat().st_mtime > made_at:
+                return file
+    return None
 
 
 def _names_its_drm(path: Path) -> bool:
@@ -90,10 +106,14 @@ def _export(args: argparse.Namespace, weights: WeightSet, workdir: Path, fp16: b
     suffix = f".opset{opset}" if opset else ""
     path = workdir / f"mgd_sam2_{_slug(args.variant)}_{args.image_size}_{weights.tag}{suffix}.onnx"
     if path.is_file() and (not fp16 or fp16_path(path).is_file()):
-        if _names_its_drm(path):
+        weights_file = [Path(weights.checkpoint)] if weights.checkpoint else []
+        if changed := _changed_since(path, PACKAGE / "model", PACKAGE / "export", *weights_file):
+            log.info("re-exporting %s: %s changed since", path, changed)
+        elif _names_its_drm(path):
             log.info("reusing %s", path)
             return path
-        log.info("re-exporting %s: it predates the drm_inputs prop (OpenVINO's bf16 rows need it)", path)
+        else:
+            log.info("re-exporting %s: it predates the drm_inputs prop (OpenVINO's bf16 rows need it)", path)
     t0 = time.perf_counter()
     try:
         export_onnx(weights.checkpoint, args.variant, args.image_size, output=path, fp16=fp16, verify_graph=False,
@@ -124,7 +144,10 @@ def _int8(fp32: Path, args: argparse.Namespace, unavailable: list[dict], calibra
     out = Path(args.int8) if given else fp32.with_name(fp32.stem + (OPENVINO_BF16_INT8 if openvino_bf16
                                                                     else ".int8.onnx"))
     report = out.with_suffix(".report.json")
-    if out.is_file():
+    changed = None if given or not out.is_file() else _changed_since(out, fp32, PACKAGE / "calibration")
+    if changed:
+        log.info("calibrating %s again: %s changed since", out, changed)
+    elif out.is_file():
         log.info("using the INT8 graph %s", out)
         calibrations[out.name] = _calibration_summary(report, exit_code=None)
         return out
@@ -227,7 +250,8 @@ def _openvino(graphs: dict[str, Path], device: str, unavailable: list[dict], arg
 def _aoti(args: argparse.Namespace, weights: WeightSet, device: str, workdir: Path, unavailable: list[dict],
           compile_s: dict[str, float]) -> list[Path]:
     """AOTInductor .pt2 packages (mgd_rt.export.aoti): FP32, and FP16 on CUDA, compiled once into ``workdir``
-    for this device kind and torch, reused while the torch version they were compiled by is this one;
+    for this device kind and torch, reused while the torch version they were compiled by is this one and
+    nothing they were made from changed since;
     each compile's seconds go into ``compile_s`` (not into the latency)."""
     precisions = ("fp32", "fp16") if device.startswith("cuda") else ("fp32",)
     if not args.aoti:
@@ -243,10 +267,12 @@ def _aoti(args: argparse.Namespace, weights: WeightSet, device: str, workdir: Pa
                            for p in precisions)
         return []
     kind = device.split(":")[0]
+    weights_file = [Path(weights.checkpoint)] if weights.checkpoint else []
     packages: list[Path] = []
     for precision in precisions:
         path = workdir / f"mgd_sam2_{_slug(args.variant)}_{args.image_size}_{weights.tag}.{precision}.{kind}.pt2"
-        if path.is_file() and read_package_metadata(path).get("torch_version") == torch.__version__:
+        if (path.is_file() and read_package_metadata(path).get("torch_version") == torch.__version__
+                and not _changed_since(path, PACKAGE / "model", PACKAGE / "export", *weights_file)):
             log.info("reusing %s", path)
             packages.append(path)
             continue
@@ -329,7 +355,7 @@ def _weight_sets(args: argparse.Namespace, workdir: Path) -> list[WeightSet]:
             sets.append(WeightSet(args.variant, None, "untrained"))
             continue
         path = workdir / f"mgd_sam2_{_slug(args.variant)}_untrained-seed{seed}.pth"
-        if not path.is_file():
+        if not path.is_file() or _changed_since(path, PACKAGE / "model"):
             import torch
 
             from mgd_rt.artifacts import atomic_write

@@ -169,3 +169,37 @@ def test_a_calibration_that_crashes_is_recorded_and_its_graph_removed(run_matrix
     assert not (tmp_path / "model.int8.onnx").exists()
     assert unavailable == [{"name": "onnxruntime int8", "reason": "mgd-rt calibrate failed: RuntimeError: "
                             "[ONNXRuntimeError] : 1 : FAIL : Attempt to replace the existing tensor"}]
+
+
+def test_work_files_are_remade_when_what_made_them_changed(run_matrix, tmp_path, monkeypatch):
+    """An INT8 graph older than its FP32 graph (re-exported since) is calibrated again; one newer is reused
+    without calling calibrate. _changed_since names the newer source, in a file or a package's .py files."""
+    import os
+    from argparse import Namespace
+
+    import mgd_rt.cli
+
+    fp32, int8 = tmp_path / "model.onnx", tmp_path / "model.int8.onnx"
+    package = tmp_path / "pkg"
+    (package / "sub").mkdir(parents=True)
+    for path, mtime in ((int8, 1_000), (fp32, 2_000), (package / "a.py", 500), (package / "sub" / "b.py", 1_500),
+                        (package / "notes.txt", 3_000)):
+        path.write_bytes(b"x")
+        os.utime(path, (mtime, mtime))
+    assert run_matrix._changed_since(int8, fp32) == fp32
+    assert run_matrix._changed_since(int8, package) == package / "sub" / "b.py"  # not the .txt
+    assert run_matrix._changed_since(fp32, package, int8) is None
+
+    calls: list[list[str]] = []
+
+    def calibrating(argv: list[str]) -> int:
+        calls.append(argv)
+        Path(argv[argv.index("-o") + 1]).write_bytes(b"int8, again")
+        return 0
+
+    monkeypatch.setattr(mgd_rt.cli, "main", calibrating)
+    args = Namespace(int8=None, calibrate=True, calibration_photos=12)
+    assert run_matrix._int8(fp32, args, [], {}, target="cpu") == int8
+    assert len(calls) == 1 and int8.read_bytes() == b"int8, again"
+    assert run_matrix._int8(fp32, args, [], {}, target="cpu") == int8  # now newer than the FP32 graph: reused
+    assert len(calls) == 1
