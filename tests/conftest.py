@@ -19,6 +19,12 @@ TINY_CHECKPOINT = FIXTURES / "official_tiny_state_dict.pth"
 TINY_IO = FIXTURES / "official_tiny_io.npz"
 BPLUS_SHAPES = FIXTURES / "official_bplus_state_dict_shapes.json"
 
+# MGD_RT_TEST_EXPORT_CACHE=DIR: export_onnx's graphs kept in DIR between sessions (tests/export_cache.py; not in CI)
+if os.environ.get("MGD_RT_TEST_EXPORT_CACHE"):
+    from export_cache import install
+
+    install(Path(os.environ["MGD_RT_TEST_EXPORT_CACHE"]))
+
 
 @pytest.fixture(scope="session")
 def tiny_io() -> dict[str, np.ndarray]:

@@ -276,6 +276,37 @@ def test_x64quantprecision_only_without_vnni(monkeypatch, cpu_graph, flags, expe
     assert session.get_session_options().get_session_config_entry("session.x64quantprecision") == expected
 
 
+def test_u8s8_sums_saturate_where_the_rule_says():
+    """The premise of machine.u8s8_saturates on this CPU's own kernels: ONNX Runtime's U8 x S8 MatMulInteger with
+    every pair of adjacent products past int16 (255 * 127 * 2) is exact with session.x64quantprecision; without it,
+    exact where the CPU has VNNI or AMX and saturated to 32767 a pair on AVX2 and AVX-512 without VNNI
+    (vpmaddubsw; tests/as_avx2_cpu.sh shows it on an emulated AVX2 CPU)."""
+    from onnx import TensorProto, helper, numpy_helper
+
+    from mgd_rt.runtime.backends.onnxruntime_backend import ort_session
+
+    depth = 64
+    weights = np.full((depth, 8), 127, np.int8)
+    graph = helper.make_graph([helper.make_node("MatMulInteger", ["a", "w"], ["y"])], "pairs",
+                              [helper.make_tensor_value_info("a", TensorProto.UINT8, [4, depth])],
+                              [helper.make_tensor_value_info("y", TensorProto.INT32, [4, 8])],
+                              [numpy_helper.from_array(weights, "w")])
+    model = helper.make_model(graph, opset_imports=[helper.make_opsetid("", 13)]).SerializeToString()
+    activations = np.full((4, depth), 255, np.uint8)
+    exact = activations.astype(np.int64) @ weights.astype(np.int64)  # 2,072,640 each
+    saturated = np.full_like(exact, 32767 * depth // 2)
+
+    def run(x64: bool) -> np.ndarray:
+        return ort_session(model, x64quantprecision=x64).run(None, {"a": activations})[0]
+
+    np.testing.assert_array_equal(run(True), exact)
+    isa = cpu_isa(cpu_info()["flags"])
+    if isa in VNNI_ISAS:
+        np.testing.assert_array_equal(run(False), exact)
+    elif isa in ("avx2", "avx512"):
+        np.testing.assert_array_equal(run(False), saturated)
+
+
 @pytest.mark.skipif(not HAVE_MODELOPT, reason="nvidia-modelopt not installed (pip install -e '.[int8]')")
 @pytest.mark.skipif(cpu_isa(cpu_info()["flags"]) not in VNNI_ISAS,
                     reason="this CPU has no VNNI: there U8S8 sums saturate and x64quantprecision changes the logits")
