@@ -270,8 +270,7 @@ def test_cli_flags_match_script_and_errors(tiny_fp32, tmp_path, capsys):
     sub = build_parser()._subparsers._group_actions[0].choices["calibrate"]
     assert sorted(a.dest for a in script._actions) == sorted(a.dest for a in sub._actions)
     args = sub.parse_args(["m.onnx"])
-    assert (args.num_images, args.method, args.exclude, args.output, args.target) == (64, "max", [], None,
-                                                                                      "tensorrt")
+    assert (args.num_images, args.method, args.exclude, args.output, args.target) == (64, "max", [], None, "auto")
     assert main(["calibrate", str(tiny_fp32), "--exclude", "nope", "-o", str(tmp_path / "x.onnx")]) == 1
     assert "--exclude 'nope' matches no node" in capsys.readouterr().err
     path = Path(__file__).resolve().parents[1] / "calibration" / "calibrate.py"
@@ -279,6 +278,17 @@ def test_cli_flags_match_script_and_errors(tiny_fp32, tmp_path, capsys):
     module = importlib.util.module_from_spec(spec)
     spec.loader.exec_module(module)
     assert module.main([str(tmp_path / "missing.onnx")]) == 1
+
+
+def test_auto_target_follows_the_opset():
+    """calibrate's default placement: ModelOpt's (tensorrt) for the graph TensorRT builds (opset <= 20), ONNX
+    Runtime's (cpu) for the CPU graph, whose opset ONNX Runtime cannot load ModelOpt's placement at."""
+    from mgd_rt.calibration.quantize import resolve_target
+
+    assert [resolve_target("auto", opset) for opset in (17, 20, 21, 23)] == ["tensorrt", "tensorrt", "cpu", "cpu"]
+    assert resolve_target("tensorrt", 23) == "tensorrt" and resolve_target("cpu", 20) == "cpu"
+    with pytest.raises(MgdRtError, match="--target gpu: use one of auto, tensorrt, cpu"):
+        resolve_target("gpu", 20)
 
 
 def test_sensitivity_sweep(tiny_fp32, tiny_int8):

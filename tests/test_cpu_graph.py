@@ -179,9 +179,12 @@ def test_int8_cpu_target(cpu_graph, image, torch_run, calibration_cache):
     from mgd_rt.calibration import calibrate
     from mgd_rt.runtime.backends import load_backend
 
-    int8 = calibrate(cpu_graph, num_images=4, seed=0, target="cpu", output=cpu_graph.with_name("cpu.int8.onnx"))
+    # no target: auto picks the cpu placement for this opset-23 graph
+    int8 = calibrate(cpu_graph, num_images=4, seed=0, output=cpu_graph.with_name("cpu.int8.onnx"))
     ops = op_counts(int8)
     assert ops["Attention"] == 18 and ops["QuantizeLinear"] > 50  # measured 137
+    assert {p.key: p.value for p in onnx.load(str(int8), load_external_data=False).metadata_props}[
+        "calibration_target"] == "cpu"
     with load_backend(int8) as backend:
         out = backend.infer(image)
     results = compare_each(torch_run[0], out, "int8")
@@ -191,7 +194,7 @@ def test_int8_cpu_target(cpu_graph, image, torch_run, calibration_cache):
 
 @pytest.mark.skipif(not HAVE_MODELOPT, reason="nvidia-modelopt not installed (pip install -e '.[int8]')")
 def test_int8_tensorrt_target_needs_onnxruntime_basic_optimizations(cpu_graph, image, torch_run,
-                                                                    calibration_cache):
+                                                                    calibration_cache, capsys):
     """ModelOpt's TensorRT placement calibrates the graph correctly, but ONNX Runtime 1.32's own optimizer
     rejects the result above opset 20 (its Q/DQ propagation writes a QuantizeLinear whose output_dtype
     INT8 contradicts the UINT8 zero point of its S8->U8 pass; opset 21 without Attention fails the same).
@@ -199,8 +202,15 @@ def test_int8_tensorrt_target_needs_onnxruntime_basic_optimizations(cpu_graph, i
     import onnxruntime as ort
 
     from mgd_rt.calibration import calibrate
+    from mgd_rt.cli import main
     from mgd_rt.runtime.backends import load_backend
 
+    # the CLI, whose held-out check runs the INT8 graph on ONNX Runtime, says so in one line before calibrating
+    refused = cpu_graph.with_name("refused.int8.onnx")
+    assert main(["calibrate", str(cpu_graph), "--target", "tensorrt", "-n", "4", "-o", str(refused)]) == 1
+    assert "--target tensorrt on an opset-23 graph gives an INT8 graph ONNX Runtime cannot load" in \
+        capsys.readouterr().err
+    assert not refused.exists()
     int8 = calibrate(cpu_graph, num_images=4, seed=0, target="tensorrt",
                      output=cpu_graph.with_name("tensorrt.int8.onnx"))
     ops = op_counts(int8)

@@ -29,6 +29,12 @@ log = logging.getLogger("mgd_rt")
 # precision); cpu: ONNX Runtime's quantize_static QDQ placement (Q/DQ on convolution outputs too,
 # int32 bias), which ORT's CPU optimizer fuses into QLinearConv / MatMulIntegerToFloat
 TARGETS = ("tensorrt", "cpu")
+# calibrate's default: the placement the graph's opset calls for (resolve_target)
+AUTO_TARGET = "auto"
+# above this opset (the CPU graph, export --opset 23) ONNX Runtime 1.32's optimizer refuses to load ModelOpt's
+# placement (its Q/DQ propagation and S8->U8 passes disagree; tests/test_cpu_graph.py tracks it), and TensorRT,
+# which that placement is for, builds from the opset-20 graph: there auto is cpu
+TENSORRT_PLACEMENT_MAX_OPSET = 20
 # op types quantized for the cpu target (ORT's quantizer; Add / Resize stay FP32 as for tensorrt)
 CPU_OP_TYPES: tuple[str, ...] = ("Conv", "ConvTranspose", "MatMul", "Gemm")
 # of those, the ones whose output stays float: a MatMul with a float output fuses into
@@ -47,6 +53,39 @@ CALIBRATION_KEYS: dict[str, str] = {
     "int8_fp32_nodes": "number of compute nodes kept in FP32 (default exclusions + --exclude)",
     "calibration_target": "tensorrt (ModelOpt's placement) or cpu (ONNX Runtime's QDQ placement)",
 }
+
+
+def graph_opset(model: onnx.ModelProto) -> int:
+    """The default-domain opset ``model`` imports."""
+    return next((o.version for o in model.opset_import if o.domain in ("", "ai.onnx")), 0)
+
+
+def resolve_target(target: str, opset: int) -> str:
+    """The placement calibrate uses for ``target`` on a graph of ``opset``: auto is tensorrt up to
+    TENSORRT_PLACEMENT_MAX_OPSET (the graph TensorRT builds) and cpu above it (the CPU graph)."""
+    if target not in (AUTO_TARGET, *TARGETS):
+        raise MgdRtError(f"--target {target}: use one of {', '.join((AUTO_TARGET, *TARGETS))}")
+    if target != AUTO_TARGET:
+        return target
+    return "cpu" if opset > TENSORRT_PLACEMENT_MAX_OPSET else "tensorrt"
+
+
+def refuse_unloadable_placement(onnx_path: str | Path, target: str) -> None:
+    """MgdRtError, before any calibration, when ``target`` asks for ModelOpt's placement on a graph whose opset
+    ONNX Runtime cannot load it at (the held-out check runs the INT8 graph there)."""
+    import onnx
+
+    if target != "tensorrt" or not Path(onnx_path).is_file():
+        return  # calibrate names a missing file itself
+    try:
+        opset = graph_opset(onnx.load(str(onnx_path), load_external_data=False))
+    except Exception:  # noqa: BLE001 - calibrate says what is wrong with an unreadable graph
+        return
+    if opset > TENSORRT_PLACEMENT_MAX_OPSET:
+        raise MgdRtError(f"{onnx_path}: --target tensorrt on an opset-{opset} graph gives an INT8 graph ONNX Runtime "
+                         f"cannot load (above opset {TENSORRT_PLACEMENT_MAX_OPSET}), so its held-out check cannot "
+                         "run: use --target cpu (auto picks it for this graph), --no-report, or calibrate the graph "
+                         f"exported with --opset {TENSORRT_PLACEMENT_MAX_OPSET} (the one TensorRT builds)")
 
 
 def load_fp32_graph(onnx_path: Path):
@@ -92,7 +131,7 @@ def calibrate(
     seed: int = 0,
     default_exclusions: bool = True,
     cache: bool = True,
-    target: str = "tensorrt",
+    target: str = AUTO_TARGET,
 ) -> Path:
     """Quantize ``onnx_path`` (FP32, image (B, 3, S, S) -> mask_logits (B, 1, S, S)) to INT8 Q/DQ.
 
@@ -104,6 +143,7 @@ def calibrate(
     patterns (regex on node names, or ``op:TYPE``) kept in FP32, on top of the measured
     defaults (``exclusions.py``) unless ``default_exclusions`` is False. Ranges are measured by
     ``ranges.collect_ranges`` (memory bounded by one forward pass) for both targets. ``target``:
+    ``auto`` (``resolve_target``: tensorrt for the opset-20 graph, cpu for the CPU graph),
     ``tensorrt`` (ModelOpt's TensorRT placement, symmetric INT8 activations) or ``cpu`` (ONNX
     Runtime's own QDQ quantizer: Q/DQ on convolution outputs too, so ORT's CPU optimizer fuses
     them into integer kernels; same exclusions plus the activation x activation MatMuls, U8
@@ -119,9 +159,16 @@ def calibrate(
     onnx_path = Path(onnx_path)
     if method not in METHODS:
         raise MgdRtError(f"--method {method}: use one of {', '.join(METHODS)}")
-    if target not in TARGETS:
-        raise MgdRtError(f"--target {target}: use one of {', '.join(TARGETS)}")
+    resolve_target(target, 0)  # a wrong name is refused before the graph is read
     model, meta = load_fp32_graph(onnx_path)
+    opset = graph_opset(model)
+    if target == AUTO_TARGET:
+        target = resolve_target(target, opset)
+        log.info("placement: %s (--target auto, opset %d)", target, opset)
+    elif target == "tensorrt" and opset > TENSORRT_PLACEMENT_MAX_OPSET:
+        log.warning("%s: opset %d: ONNX Runtime cannot load ModelOpt's placement above opset %d (OpenVINO, and ONNX "
+                    "Runtime with basic optimizations only, can); --target cpu is the placement for this graph",
+                    onnx_path, opset, TENSORRT_PLACEMENT_MAX_OPSET)
     output = Path(output) if output is not None else int8_path(onnx_path)
     check_output_path(output, ".onnx", onnx_path)
     size = int(meta.get("image_size") or model.graph.input[0].type.tensor_type.shape.dim[-1].dim_value)

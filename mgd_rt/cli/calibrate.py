@@ -75,6 +75,7 @@ def register(subparsers: argparse._SubParsersAction) -> None:
 def run(args: argparse.Namespace) -> int:
     from mgd_rt.calibration import accuracy_report, calibrate
     from mgd_rt.calibration.check_backend import CheckBackend
+    from mgd_rt.calibration.quantize import refuse_unloadable_placement
     from mgd_rt.calibration.recovery import (
         RecoveryBudget,
         describe_image,
@@ -93,6 +94,8 @@ def run(args: argparse.Namespace) -> int:
     if budget.speedup is not None and not args.time:
         raise MgdRtError(f"--recover-budget speedup={budget.speedup:g} needs timing: add --time RUNS (e.g. --time 3)")
     check_on = CheckBackend(args.backend, args.dtype)
+    if args.make_report and check_on.backend == "onnxruntime":
+        refuse_unloadable_placement(args.model, args.target)
     if args.recover_group < 1:
         raise MgdRtError(f"--recover-group {args.recover_group}: restore at least 1 node per step")
     path = calibrate(args.model, images=args.images, output=args.output, **calibration_options(args))

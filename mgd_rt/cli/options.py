@@ -96,7 +96,7 @@ def add_calibration_options(
     ``placement`` False leaves out --target (Q/DQ placement tensorrt or cpu): an engine build needs
     the tensorrt placement, and ``build`` has its own --target (compute capabilities).
     """
-    from mgd_rt.calibration.quantize import METHODS, TARGETS
+    from mgd_rt.calibration.quantize import AUTO_TARGET, METHODS, TARGETS, TENSORRT_PLACEMENT_MAX_OPSET
 
     defaults = calibration_defaults()
 
@@ -113,9 +113,10 @@ def add_calibration_options(
     group.add_argument("--no-default-exclusions", dest="default_exclusions", action="store_false",
                        help="quantize the layers the sensitivity sweep keeps in FP32 too")
     if placement:
-        group.add_argument("--target", choices=TARGETS, default=defaults["target"],
+        group.add_argument("--target", choices=(AUTO_TARGET, *TARGETS), default=defaults["target"],
                            help="Q/DQ placement: tensorrt (ModelOpt, for TensorRT) or cpu (ONNX Runtime's "
-                           "quantizer, for its CPU integer kernels) (default: tensorrt)")
+                           "quantizer, for its CPU integer kernels) (default: auto, tensorrt for graphs up to "
+                           f"opset {TENSORRT_PLACEMENT_MAX_OPSET} and cpu for the CPU graph, --opset 23)")
     group.add_argument("--seed", type=int, default=defaults["seed"], help="sampling seed (default: 0)")
     group.add_argument("--no-cache", dest="cache", action="store_false",
                        help="prepare the images again instead of reading the cache")

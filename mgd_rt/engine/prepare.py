@@ -53,7 +53,8 @@ def _calibrated_graph(onnx_path: Path, calib_images, workdir: Path, options: dic
             "make the Q/DQ graph with it elsewhere and build that graph with --int8"
         ) from None
     output = workdir / f"{onnx_path.stem}.int8.onnx"
-    result = calibrate(onnx_path, images=calib_images, output=output, **options)
+    # TensorRT's placement whatever the graph (calibrate's auto would pick by opset)
+    result = calibrate(onnx_path, images=calib_images, output=output, **{**options, "target": "tensorrt"})
     made = Path(getattr(result, "path", None) or result or output)
     if not made.is_file():
         raise MgdRtError(f"calibration did not write a Q/DQ graph (expected {made})")
