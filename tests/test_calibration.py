@@ -353,3 +353,15 @@ def test_bplus_1024(tmp_path):
         assert worst["max_rel_std"] < 0.05
         assert worst["iou_top10"] >= TOLERANCES["int8"].iou_top10
     assert _rtx_build(tmp_path / "bplus.tensorrt.onnx") > 0
+
+
+def test_check_backend_names_a_graph_onnxruntime_cannot_load(tmp_path):
+    """The held-out check's ONNX Runtime session: a graph it cannot load is one line naming it (no traceback)."""
+    from mgd_rt.calibration.check_backend import CheckBackend
+
+    broken = tmp_path / "broken.int8.onnx"
+    broken.write_bytes(b"not a protobuf")
+    with pytest.raises(MgdRtError, match=r"broken\.int8\.onnx: ONNX Runtime cannot load this graph \(.*protobuf"):
+        CheckBackend().open(broken)
+    with pytest.raises(MgdRtError, match=r"^a recovery step's graph: ONNX Runtime cannot load this graph"):
+        CheckBackend().open(b"not a protobuf")

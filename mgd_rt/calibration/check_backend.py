@@ -22,7 +22,7 @@ from typing import Any
 import numpy as np
 
 from mgd_rt.contract import INPUT_NAME, OUTPUT_NAME
-from mgd_rt.errors import MgdRtError
+from mgd_rt.errors import MgdRtError, first_line
 from mgd_rt.runtime.backends.onnxruntime_backend import ort_session
 
 CHECK_BACKENDS = ("onnxruntime", "openvino")
@@ -80,7 +80,11 @@ class CheckBackend:
         """``graph`` (a path or serialized ONNX) compiled on this backend; ``reference``: an FP32 graph run in
         fp32 there (the speed reference), whatever ``dtype`` says."""
         if self.backend == "onnxruntime":
-            session = ort_session(graph if isinstance(graph, bytes) else str(graph), self.threads, log_severity=3)
+            try:
+                session = ort_session(graph if isinstance(graph, bytes) else str(graph), self.threads, log_severity=3)
+            except Exception as exc:  # ONNX Runtime's own errors: one line naming the graph, not a traceback
+                name = "a recovery step's graph" if isinstance(graph, bytes) else str(graph)
+                raise MgdRtError(f"{name}: ONNX Runtime cannot load this graph ({first_line(exc)})") from None
             return Runner(lambda x: session.run([OUTPUT_NAME], {INPUT_NAME: x})[0], str(self), session)
         return self._openvino(graph, None if reference else self.dtype)
 
