@@ -9,9 +9,10 @@
 # as an AVX2 CPU would (the 16-bit saturating sums of vpmaddubsw included). /proc/cpuinfo, which qemu-user
 # passes through from the host, is replaced in a private mount namespace by the host's with that CPU's model
 # and flags, so mgd_rt.machine sees the same CPU the kernels do. Needs root or unprivileged user namespaces.
-# Correctness only: translated code runs 30-40 times slower than native (the tiny graph's export: half an hour;
-# run the tests natively first with MGD_RT_TEST_EXPORT_CACHE=DIR, then here with the same DIR: tests/export_cache.py),
-# so no timing taken here means anything. Processes the command starts run natively (qemu-user does not follow
+# Correctness only: translated code runs hundreds of times slower, floating point worst (QEMU computes it in
+# software: the tiny graph's export, 40 s natively, runs past half an hour; run the tests natively first with
+# MGD_RT_TEST_EXPORT_CACHE=DIR, then here with the same DIR: tests/export_cache.py), so no timing taken here means
+# anything. Processes the command starts run natively (qemu-user does not follow
 # execve) on the host's CPU but with the replaced /proc/cpuinfo: keep to tests that compute in their own process.
 set -euo pipefail
 if [ $# -eq 0 ]; then
