@@ -79,6 +79,12 @@ def _changed_since(made: Path, *sources: Path) -> Path | None:
     return None
 
 
+def _graph_sources(weights: WeightSet) -> list[Path]:
+    """What an exported graph or .pt2 package of ``weights`` is made from: the model and export code, and the
+    checkpoint file where there is one."""
+    return [PACKAGE / "model", PACKAGE / "export", *([Path(weights.checkpoint)] if weights.checkpoint else [])]
+
+
 def _names_its_drm(path: Path) -> bool:
     """Whether the graph at ``path`` carries the drm_inputs prop (exports before it lack it)."""
     import onnx
@@ -106,8 +112,7 @@ def _export(args: argparse.Namespace, weights: WeightSet, workdir: Path, fp16: b
     suffix = f".opset{opset}" if opset else ""
     path = workdir / f"mgd_sam2_{_slug(args.variant)}_{args.image_size}_{weights.tag}{suffix}.onnx"
     if path.is_file() and (not fp16 or fp16_path(path).is_file()):
-        weights_file = [Path(weights.checkpoint)] if weights.checkpoint else []
-        if changed := _changed_since(path, PACKAGE / "model", PACKAGE / "export", *weights_file):
+        if changed := _changed_since(path, *_graph_sources(weights)):
             log.info("re-exporting %s: %s changed since", path, changed)
         elif _names_its_drm(path):
             log.info("reusing %s", path)
@@ -267,12 +272,11 @@ def _aoti(args: argparse.Namespace, weights: WeightSet, device: str, workdir: Pa
                            for p in precisions)
         return []
     kind = device.split(":")[0]
-    weights_file = [Path(weights.checkpoint)] if weights.checkpoint else []
     packages: list[Path] = []
     for precision in precisions:
         path = workdir / f"mgd_sam2_{_slug(args.variant)}_{args.image_size}_{weights.tag}.{precision}.{kind}.pt2"
         if (path.is_file() and read_package_metadata(path).get("torch_version") == torch.__version__
-                and not _changed_since(path, PACKAGE / "model", PACKAGE / "export", *weights_file)):
+                and not _changed_since(path, *_graph_sources(weights))):
             log.info("reusing %s", path)
             packages.append(path)
             continue

@@ -55,11 +55,6 @@ CALIBRATION_KEYS: dict[str, str] = {
 }
 
 
-def graph_opset(model: onnx.ModelProto) -> int:
-    """The default-domain opset ``model`` imports."""
-    return next((o.version for o in model.opset_import if o.domain in ("", "ai.onnx")), 0)
-
-
 def resolve_target(target: str, opset: int) -> str:
     """The placement calibrate uses for ``target`` on a graph of ``opset``: auto is tensorrt up to
     TENSORRT_PLACEMENT_MAX_OPSET (the graph TensorRT builds) and cpu above it (the CPU graph)."""
@@ -70,10 +65,17 @@ def resolve_target(target: str, opset: int) -> str:
     return "cpu" if opset > TENSORRT_PLACEMENT_MAX_OPSET else "tensorrt"
 
 
+def onnxruntime_cannot_load(target: str, opset: int) -> bool:
+    """Whether the INT8 graph ``target``'s placement makes of an opset-``opset`` graph is one ONNX Runtime refuses."""
+    return target == "tensorrt" and opset > TENSORRT_PLACEMENT_MAX_OPSET
+
+
 def refuse_unloadable_placement(onnx_path: str | Path, target: str) -> None:
     """MgdRtError, before any calibration, when ``target`` asks for ModelOpt's placement on a graph whose opset
     ONNX Runtime cannot load it at (the held-out check runs the INT8 graph there)."""
     import onnx
+
+    from mgd_rt.export.graph import graph_opset
 
     if target != "tensorrt" or not Path(onnx_path).is_file():
         return  # calibrate names a missing file itself
@@ -81,7 +83,7 @@ def refuse_unloadable_placement(onnx_path: str | Path, target: str) -> None:
         opset = graph_opset(onnx.load(str(onnx_path), load_external_data=False))
     except Exception:  # noqa: BLE001 - calibrate says what is wrong with an unreadable graph
         return
-    if opset > TENSORRT_PLACEMENT_MAX_OPSET:
+    if onnxruntime_cannot_load(target, opset):
         raise MgdRtError(f"{onnx_path}: --target tensorrt on an opset-{opset} graph gives an INT8 graph ONNX Runtime "
                          f"cannot load (above opset {TENSORRT_PLACEMENT_MAX_OPSET}), so its held-out check cannot "
                          "run: use --target cpu (auto picks it for this graph), --no-report, or calibrate the graph "
@@ -153,7 +155,7 @@ def calibrate(
     import onnx
 
     from mgd_rt.export import save_graph
-    from mgd_rt.export.graph import set_metadata
+    from mgd_rt.export.graph import graph_opset, set_metadata
 
     start = time.perf_counter()
     onnx_path = Path(onnx_path)
@@ -165,7 +167,7 @@ def calibrate(
     if target == AUTO_TARGET:
         target = resolve_target(target, opset)
         log.info("placement: %s (--target auto, opset %d)", target, opset)
-    elif target == "tensorrt" and opset > TENSORRT_PLACEMENT_MAX_OPSET:
+    elif onnxruntime_cannot_load(target, opset):
         log.warning("%s: opset %d: ONNX Runtime cannot load ModelOpt's placement above opset %d (OpenVINO, and ONNX "
                     "Runtime with basic optimizations only, can); --target cpu is the placement for this graph",
                     onnx_path, opset, TENSORRT_PLACEMENT_MAX_OPSET)

@@ -263,6 +263,11 @@ class GraphReport:
         return asdict(self)
 
 
+def graph_opset(model: onnx.ModelProto) -> int:
+    """The default-domain opset ``model`` imports (0 when it names none)."""
+    return next((o.version for o in model.opset_import if o.domain in ("", "ai.onnx")), 0)
+
+
 def graph_report(model: onnx.ModelProto, max_nodes: int | None = None) -> GraphReport:
     """Count nodes and op types; a Shape node is allowed only if it reads the batch alone."""
     graph = model.graph
@@ -278,7 +283,7 @@ def graph_report(model: onnx.ModelProto, max_nodes: int | None = None) -> GraphR
     for node in graph.node:
         if node.op_type == "Constant" and node.attribute and node.attribute[0].name == "value":
             init_bytes += numpy_helper.to_array(node.attribute[0].t).nbytes
-    opset = next((o.version for o in model.opset_import if o.domain in ("", "ai.onnx")), 0)
+    opset = graph_opset(model)
 
     def dims(vi: onnx.ValueInfoProto) -> list:
         return [d.dim_param or d.dim_value for d in vi.type.tensor_type.shape.dim]
