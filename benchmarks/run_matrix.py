@@ -253,12 +253,13 @@ def _openvino(graphs: dict[str, Path], device: str, unavailable: list[dict], arg
 
 
 def _aoti(args: argparse.Namespace, weights: WeightSet, device: str, workdir: Path, unavailable: list[dict],
-          compile_s: dict[str, float]) -> list[Path]:
-    """AOTInductor .pt2 packages (mgd_rt.export.aoti): FP32, and FP16 on CUDA, compiled once into ``workdir``
+          compile_s: dict[str, float], dtypes: list[str]) -> list[Path]:
+    """AOTInductor .pt2 packages (mgd_rt.export.aoti) of the ``dtypes`` they come in: FP32, and FP16 on CUDA,
+    compiled once into ``workdir``
     for this device kind and torch, reused while the torch version they were compiled by is this one and
     nothing they were made from changed since;
     each compile's seconds go into ``compile_s`` (not into the latency)."""
-    precisions = ("fp32", "fp16") if device.startswith("cuda") else ("fp32",)
+    precisions = [p for p in (("fp32", "fp16") if device.startswith("cuda") else ("fp32",)) if p in dtypes]
     if not args.aoti:
         unavailable.extend({"name": f"aoti {p}", "reason": "--no-aoti"} for p in precisions)
         return []
@@ -291,6 +292,13 @@ def _aoti(args: argparse.Namespace, weights: WeightSet, device: str, workdir: Pa
         log.info("compiled %s in %.0f s", path, compile_s[path.name])
         packages.append(path)
     return packages
+
+
+def torch_dtypes(args: argparse.Namespace, cuda: bool) -> list[str]:
+    """The PyTorch and .pt2 precisions of the run: --dtypes, else fp32, fp16 and bf16 on CUDA (fp32 and bf16 on
+    the CPU, where the torch backend refuses fp16); fp32 always, as eager FP32 is every row's baseline."""
+    wanted = args.dtypes.split(",") if args.dtypes else (["fp32", "fp16", "bf16"] if cuda else ["fp32", "bf16"])
+    return ["fp32", *(d for d in dict.fromkeys(d.strip() for d in wanted) if d and d != "fp32")]
 
 
 def _tensorrt(graphs: dict[str, Path], device: str, workdir: Path, unavailable: list[dict]) -> list[Path]:
@@ -412,7 +420,7 @@ def _models(args: argparse.Namespace, weights: WeightSet, device: str, workdir: 
     models.extend(_openvino(graphs, device, unavailable if first else [], args, calibrations))
     models.extend(_tensorrt(graphs, device, workdir, unavailable if first else []))
     if first:
-        models.extend(_aoti(args, weights, device, workdir, unavailable, aoti_compile_s))
+        models.extend(_aoti(args, weights, device, workdir, unavailable, aoti_compile_s, torch_dtypes(args, cuda)))
     return models, graphs
 
 
@@ -432,6 +440,9 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--rounds", type=int, default=None,
                         help="passes over every row of a weight set, each row timed again after all the others "
                         "(default: 3 on the CPU, where a shared VM's speed drifts within minutes; 1 on CUDA)")
+    parser.add_argument("--dtypes", default=None, metavar="fp32,fp16,bf16",
+                        help="PyTorch precisions, eager and compiled, and the .pt2 packages' (default: fp32,fp16,bf16 "
+                        "on CUDA, fp32,bf16 on the CPU; fp32 always runs: eager FP32 is the baseline)")
     parser.add_argument("--no-holdout", dest="holdout", action="store_false",
                         help="check accuracy on the timed batch only, not on each of the six held-out photos")
     parser.add_argument("--ort-fp16", action="store_true", help="also run the FP16 graph on ONNX Runtime's CPU")
@@ -459,6 +470,8 @@ def main(argv: list[str] | None = None) -> int:
     args = parser.parse_args(argv)
     if args.summarize:
         return summarize(Path(args.summarize))
+    if args.dtypes and (unknown := set(args.dtypes.split(",")) - {"fp32", "fp16", "bf16"}):
+        parser.error(f"--dtypes: unknown precision {', '.join(sorted(unknown))} (fp32, fp16, bf16)")
     # our progress at INFO; the exporter's libraries stay at WARNING (their INFO is pages of noise)
     logging.basicConfig(level=logging.WARNING, format="run_matrix: %(message)s", stream=sys.stderr)
     log.setLevel(logging.INFO)
@@ -477,7 +490,7 @@ def main(argv: list[str] | None = None) -> int:
     except MgdRtError as exc:
         print(f"run_matrix: error: {exc}", file=sys.stderr)
         return 2
-    dtypes = ["fp32", "fp16", "bf16"] if cuda else ["fp32", "bf16"]
+    dtypes = torch_dtypes(args, cuda)
     # each PyTorch precision eager and compiled (compile time in the JSON and the .md, apart from the latency)
     compile_modes = [m.strip() for m in (args.compile or ("eager,default,reduce-overhead" if cuda else
                                                           "eager,default")).split(",") if m.strip()]

@@ -61,7 +61,14 @@ def cuda_available() -> bool:
     return torch.cuda.is_available()
 
 
-needs_cuda = pytest.mark.skipif(not cuda_available(), reason="needs a CUDA GPU (torch.cuda.is_available() is False)")
+_skip_without_cuda = pytest.mark.skipif(not cuda_available(),
+                                        reason="needs a CUDA GPU (torch.cuda.is_available() is False)")
+
+
+def needs_cuda(test: Callable) -> Callable:
+    """For a test that needs a CUDA GPU: skipped without one, and marked ``gpu``, so ``pytest -m gpu`` runs
+    them all where one is lent (benchmarks/gpu_round.sh tests)."""
+    return pytest.mark.gpu(_skip_without_cuda(test))
 
 HAVE_OPENVINO = importlib.util.find_spec("openvino") is not None
 needs_openvino = pytest.mark.skipif(not HAVE_OPENVINO,

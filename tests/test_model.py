@@ -139,7 +139,6 @@ def test_sam21_sizes_build_with_their_trunks(name):
 
 
 @needs_cuda
-@pytest.mark.gpu
 def test_cuda_fp32_reproduces_the_fixture_and_autocast_stays_close(tiny_io):
     model = mgd_rt.load_model(TINY_CHECKPOINT, device="cuda")
     image = torch.from_numpy(tiny_io["image"]).cuda()

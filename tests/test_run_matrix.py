@@ -203,3 +203,22 @@ def test_work_files_are_remade_when_what_made_them_changed(run_matrix, tmp_path,
     assert len(calls) == 1 and int8.read_bytes() == b"int8, again"
     assert run_matrix._int8(fp32, args, [], {}, target="cpu") == int8  # now newer than the FP32 graph: reused
     assert len(calls) == 1
+
+
+@pytest.mark.parametrize(("dtypes", "cuda", "expected"), [
+    (None, True, ["fp32", "fp16", "bf16"]),
+    (None, False, ["fp32", "bf16"]),
+    ("fp16", True, ["fp32", "fp16"]),            # eager FP32, every row's baseline, always runs
+    ("bf16,fp32,bf16", False, ["fp32", "bf16"]),
+])
+def test_dtypes_always_keep_the_fp32_baseline(run_matrix, dtypes, cuda, expected):
+    import argparse
+
+    assert run_matrix.torch_dtypes(argparse.Namespace(dtypes=dtypes), cuda) == expected
+
+
+def test_an_unknown_dtype_is_refused_before_anything_runs(run_matrix, capsys):
+    with pytest.raises(SystemExit) as exit_info:
+        run_matrix.main(["--dtypes", "fp16,int4", "--device", "cpu"])
+    assert exit_info.value.code == 2
+    assert "--dtypes: unknown precision int4" in capsys.readouterr().err

@@ -7,7 +7,7 @@ from pathlib import Path
 
 import numpy as np
 import pytest
-from conftest import TINY_CHECKPOINT
+from conftest import TINY_CHECKPOINT, needs_cuda
 from PIL import Image
 
 from mgd_rt.cli import main
@@ -105,8 +105,7 @@ def test_torch_and_onnxruntime_write_the_same_mattes(onnx_path, photos, tmp_path
         assert len(list((tmp_path / fmt).iterdir())) == 2
 
 
-@pytest.mark.gpu
-@pytest.mark.skipif(not torch.cuda.is_available(), reason="needs a CUDA GPU (torch.cuda.is_available() is False)")
+@needs_cuda
 @pytest.mark.parametrize("tta", ["none", "flip"])
 def test_torch_backend_on_cuda_matches_cpu(torch_seg, tta):
     """`--device cuda` (TF32 off, as for any FP32 comparison) gives the CPU logits, with and without TTA."""
