@@ -9,6 +9,8 @@
 #                  beside the eager FP32 baseline, each with its held-out accuracy (two compiles)
 #   compiled-fp32  the same in fp32 (TF32 off)
 #   aoti           the fp16 .pt2 (AOTInductor), exported and compiled for this GPU, beside eager
+#   pixel          file -> matte with the uint8 pixel input against float32 input, .pt2 packages in fp16 (tiny
+#                  at S: the request's bytes and the host's work depend on S alone; two small compiles)
 #   tests          the tests marked gpu (they skip without a CUDA GPU)
 #
 # Parts chain in one call, most wanted first (benchmarks/gpu_round.sh compiled-fp16 && ... tests): each
@@ -18,7 +20,7 @@
 # round run small on a CPU to check it.
 set -uo pipefail
 cd "$(dirname "$0")/.."
-part=${1:?usage: benchmarks/gpu_round.sh compiled-fp16|compiled-fp32|aoti|tests [OUTDIR]}
+part=${1:?usage: benchmarks/gpu_round.sh compiled-fp16|compiled-fp32|aoti|pixel|tests [OUTDIR]}
 out=${2:-${OUT:-benchmarks/results/gpu-round}}
 device=${MGD_RT_ROUND_DEVICE:-cuda}
 variant=${MGD_RT_ROUND_VARIANT:-b+}
@@ -61,10 +63,14 @@ case "$part" in
     "${matrix[@]}" --name "$device-$part" --dtypes "${part#compiled-}" --compile eager,reduce-overhead --no-aoti ;;
   aoti)
     "${matrix[@]}" --name "$device-$part" --dtypes fp16 --compile eager ;;
+  pixel)
+    dtype=fp16; [ "$device" = cpu ] && dtype=fp32  # fp16 packages run on CUDA only
+    python3 benchmarks/pixel_input.py --format pt2 --device "$device" --dtype "$dtype" --variant tiny \
+      --image-size "$size" --output "$out/pixel_input-$device.json" ;;
   tests)
     # the files holding gpu-marked tests only: collecting the others imports what this machine may lack
     python3 -m pytest -q -rs -p no:cacheprovider -m gpu $(grep -l "needs_cuda\|mark\.gpu" tests/test_*.py) ;;
   *)
-    echo "gpu_round: unknown part $part (compiled-fp16, compiled-fp32, aoti, tests)" >&2; exit 2 ;;
+    echo "gpu_round: unknown part $part (compiled-fp16, compiled-fp32, aoti, pixel, tests)" >&2; exit 2 ;;
 esac 2>&1 | tee -a "$log"
 exit "${PIPESTATUS[0]}"

@@ -25,7 +25,6 @@ import importlib.util
 import inspect
 import json
 import logging
-import re
 import sys
 import time
 from dataclasses import dataclass
@@ -39,7 +38,7 @@ from mgd_rt.artifacts import write_json_atomic  # noqa: E402
 from mgd_rt.bench import Run, bench  # noqa: E402
 from mgd_rt.bench.report import computes  # noqa: E402
 from mgd_rt.errors import MgdRtError, first_line  # noqa: E402
-from mgd_rt.machine import cpu_info, default_device, load_average  # noqa: E402
+from mgd_rt.machine import default_device, load_average, machine_tag, slug  # noqa: E402
 from mgd_rt.runtime.backends import BACKENDS  # noqa: E402
 
 log = logging.getLogger("mgd_rt")
@@ -49,11 +48,6 @@ OPENVINO_BF16_INT8 = ".int8-openvino-bf16.onnx"
 PACKAGE = Path(mgd_rt.__file__).resolve().parent
 # the flags that decide which CPU kernels run (README: results per CPU kind)
 ISA_FLAGS = ("avx2", "fma", "avx512f", "avx512_vnni", "avx_vnni", "avx512_bf16", "amx_tile", "amx_bf16", "amx_int8")
-
-
-def _slug(text: str) -> str:
-    text = re.sub(r"\(r\)|\(tm\)|nvidia|intel|processor|cpu", "", text.lower())
-    return re.sub(r"[^a-z0-9]+", "-", text).strip("-") or "unknown"
 
 
 def _ort_gpu() -> tuple[bool, str]:
@@ -110,7 +104,7 @@ def _export(args: argparse.Namespace, weights: WeightSet, workdir: Path, fp16: b
         return None
     opset = CPU_OPSET if cpu_graph else None
     suffix = f".opset{opset}" if opset else ""
-    path = workdir / f"mgd_sam2_{_slug(args.variant)}_{args.image_size}_{weights.tag}{suffix}.onnx"
+    path = workdir / f"mgd_sam2_{slug(args.variant)}_{args.image_size}_{weights.tag}{suffix}.onnx"
     if path.is_file() and (not fp16 or fp16_path(path).is_file()):
         if changed := _changed_since(path, *_graph_sources(weights)):
             log.info("re-exporting %s: %s changed since", path, changed)
@@ -275,7 +269,7 @@ def _aoti(args: argparse.Namespace, weights: WeightSet, device: str, workdir: Pa
     kind = device.split(":")[0]
     packages: list[Path] = []
     for precision in precisions:
-        path = workdir / f"mgd_sam2_{_slug(args.variant)}_{args.image_size}_{weights.tag}.{precision}.{kind}.pt2"
+        path = workdir / f"mgd_sam2_{slug(args.variant)}_{args.image_size}_{weights.tag}.{precision}.{kind}.pt2"
         if (path.is_file() and read_package_metadata(path).get("torch_version") == torch.__version__
                 and not _changed_since(path, *_graph_sources(weights))):
             log.info("reusing %s", path)
@@ -366,7 +360,7 @@ def _weight_sets(args: argparse.Namespace, workdir: Path) -> list[WeightSet]:
         if seed == UNTRAINED_SEED:
             sets.append(WeightSet(args.variant, None, "untrained"))
             continue
-        path = workdir / f"mgd_sam2_{_slug(args.variant)}_untrained-seed{seed}.pth"
+        path = workdir / f"mgd_sam2_{slug(args.variant)}_untrained-seed{seed}.pth"
         if not path.is_file() or _changed_since(path, PACKAGE / "model"):
             import torch
 
@@ -499,15 +493,7 @@ def main(argv: list[str] | None = None) -> int:
         unavailable.append({"name": "torch fp16", "reason": "CPU: bf16 autocast instead (the torch backend refuses "
                                                             "fp16 on the CPU: slow and less accurate than bf16)"})
 
-    info = cpu_info()
-    name = args.name
-    if name is None:
-        if cuda:
-            import torch
-
-            name = "cuda-" + _slug(torch.cuda.get_device_name(torch.device(device)))
-        else:
-            name = f"cpu-{_slug(info['model'])}-{info['logical_cpus']}cpu"
+    name = args.name or machine_tag(device)
     results = Path(args.results)
     json_path = results / f"{name}.json"
 

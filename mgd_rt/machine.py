@@ -117,6 +117,24 @@ def u8s8_saturates(flags: list[str] | set[str]) -> bool:
     return cpu_isa(flags) not in VNNI_ISAS
 
 
+def slug(text: str) -> str:
+    """``text`` (a CPU, GPU or variant name) as part of a file name: lower case, marks and vendor words dropped,
+    runs of anything else one hyphen ("Intel(R) Xeon(R) Processor" -> "xeon", "b+" -> "b")."""
+    text = re.sub(r"\(r\)|\(tm\)|nvidia|intel|processor|cpu", "", text.lower())
+    return re.sub(r"[^a-z0-9]+", "-", text).strip("-") or "unknown"
+
+
+def machine_tag(device: str) -> str:
+    """What a result file is named after: ``cuda-<GPU>`` for a CUDA ``device`` (needs torch), else
+    ``cpu-<model>-<N>cpu``."""
+    if device.startswith("cuda"):
+        import torch
+
+        return "cuda-" + slug(torch.cuda.get_device_name(torch.device(device)))
+    info = cpu_info()
+    return f"cpu-{slug(info['model'])}-{info['logical_cpus']}cpu"
+
+
 def load_average() -> list[float] | None:
     """The 1, 5 and 15 minute load averages; None where the platform has none (Windows)."""
     return list(os.getloadavg()) if hasattr(os, "getloadavg") else None

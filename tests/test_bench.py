@@ -254,3 +254,15 @@ def test_holdout_needs_a_reference(onnx_path, capsys):
     with pytest.raises(SystemExit) as exc:
         main(["bench", str(onnx_path), "--holdout"])
     assert exc.value.code == 2 and "--holdout checks accuracy against --reference" in capsys.readouterr().err
+
+
+def test_result_files_are_named_after_the_machine():
+    """run_matrix's and pixel_input's result names: the names already in benchmarks/results/ come out again."""
+    from mgd_rt.machine import machine_tag, slug
+
+    assert slug("Intel(R) Xeon(R) Processor") == "xeon"
+    assert slug("NVIDIA H100 80GB HBM3") == "h100-80gb-hbm3"
+    assert slug("AMD EPYC 9R14 96-Core Processor") == "amd-epyc-9r14-96-core"
+    assert slug("b+") == "b" and slug("(R)") == "unknown"
+    info = cpu_info()
+    assert machine_tag("cpu") == f"cpu-{slug(info['model'])}-{info['logical_cpus']}cpu"
