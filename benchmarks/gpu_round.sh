@@ -13,11 +13,12 @@
 #                  at S: the request's bytes and the host's work depend on S alone; two small compiles)
 #   tests          the tests marked gpu (they skip without a CUDA GPU)
 #
-# Parts chain in one call, most wanted first (benchmarks/gpu_round.sh compiled-fp16 && ... tests): each
+# Parts chain in one call, most wanted first, with ; (a matrix exits 1 when a row misses its tolerance): each
 # writes its log (the machine's facts first) and the matrix's JSON, summary and chart into OUTDIR (default
 # $OUT, else benchmarks/results/gpu-round); a part killed at a time limit still leaves its log, one line per
-# finished row. MGD_RT_ROUND_DEVICE, MGD_RT_ROUND_VARIANT and MGD_RT_ROUND_SIZE (cuda, b+, 1024) let the same
-# round run small on a CPU to check it.
+# finished row. MGD_RT_ROUND_COMPILE (eager,reduce-overhead) sets the compiled parts' modes (max-autotune:
+# slower to compile, CUDA graphs too). MGD_RT_ROUND_DEVICE, MGD_RT_ROUND_VARIANT and MGD_RT_ROUND_SIZE (cuda,
+# b+, 1024) let the same round run small on a CPU to check it.
 set -uo pipefail
 cd "$(dirname "$0")/.."
 part=${1:?usage: benchmarks/gpu_round.sh compiled-fp16|compiled-fp32|aoti|pixel|tests [OUTDIR]}
@@ -60,7 +61,8 @@ matrix=(python3 benchmarks/run_matrix.py --device "$device" --variant "$variant"
         --workdir /tmp/mgd-rt-work --results "$out")
 case "$part" in
   compiled-fp16|compiled-fp32)
-    "${matrix[@]}" --name "$device-$part" --dtypes "${part#compiled-}" --compile eager,reduce-overhead --no-aoti ;;
+    "${matrix[@]}" --name "$device-$part" --dtypes "${part#compiled-}" --no-aoti \
+      --compile "${MGD_RT_ROUND_COMPILE:-eager,reduce-overhead}" ;;
   aoti)
     "${matrix[@]}" --name "$device-$part" --dtypes fp16 --compile eager ;;
   pixel)
