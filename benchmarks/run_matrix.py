@@ -36,6 +36,7 @@ sys.path.insert(0, str(HERE.parent))  # the repository, so an uninstalled checko
 import mgd_rt  # noqa: E402
 from mgd_rt.artifacts import write_json_atomic  # noqa: E402
 from mgd_rt.bench import Run, bench  # noqa: E402
+from mgd_rt.bench.models import run_label  # noqa: E402
 from mgd_rt.bench.report import computes  # noqa: E402
 from mgd_rt.errors import MgdRtError, first_line  # noqa: E402
 from mgd_rt.machine import default_device, load_average, machine_tag, slug  # noqa: E402
@@ -290,9 +291,15 @@ def _aoti(args: argparse.Namespace, weights: WeightSet, device: str, workdir: Pa
 
 def torch_dtypes(args: argparse.Namespace, cuda: bool) -> list[str]:
     """The PyTorch and .pt2 precisions of the run: --dtypes, else fp32, fp16 and bf16 on CUDA (fp32 and bf16 on
-    the CPU, where the torch backend refuses fp16); fp32 always, as eager FP32 is every row's baseline."""
+    the CPU, where the torch backend refuses fp16)."""
     wanted = args.dtypes.split(",") if args.dtypes else (["fp32", "fp16", "bf16"] if cuda else ["fp32", "bf16"])
-    return ["fp32", *(d for d in dict.fromkeys(d.strip() for d in wanted) if d and d != "fp32")]
+    return [d for d in dict.fromkeys(d.strip() for d in wanted) if d]
+
+
+def torch_rows(model: str, dtypes: list[str]) -> list[str | Run]:
+    """The PyTorch entries of a weight set's models: ``model``, which bench runs in each of ``dtypes`` and compile
+    mode, and where fp32 is not among them, eager FP32 on its own (every row's baseline, never compiled)."""
+    return [model] if "fp32" in dtypes else [model, Run(model, "torch", "fp32", run_label(model))]
 
 
 def _tensorrt(graphs: dict[str, Path], device: str, workdir: Path, unavailable: list[dict]) -> list[Path]:
@@ -381,7 +388,7 @@ def _models(args: argparse.Namespace, weights: WeightSet, device: str, workdir: 
     gets the rows whose speed the weights cannot change and whose preparation is slow (compiled PyTorch, .pt2);
     every set gets eager FP32 (its own run's baseline) and every graph row, whose accuracy they can change."""
     cuda = device.startswith("cuda")
-    models: list[str | Path | Run] = [weights.model]
+    models: list[str | Path | Run] = [*torch_rows(weights.model, torch_dtypes(args, cuda) if first else ["fp32"])]
     ort_gpu, ort_why = _ort_gpu()
     run_ort = ort_gpu or not cuda  # ONNX Runtime rows run where ORT can use the device asked for
     graphs: dict[str, Path] = {}
@@ -436,7 +443,8 @@ def main(argv: list[str] | None = None) -> int:
                         "(default: 3 on the CPU, where a shared VM's speed drifts within minutes; 1 on CUDA)")
     parser.add_argument("--dtypes", default=None, metavar="fp32,fp16,bf16",
                         help="PyTorch precisions, eager and compiled, and the .pt2 packages' (default: fp32,fp16,bf16 "
-                        "on CUDA, fp32,bf16 on the CPU; fp32 always runs: eager FP32 is the baseline)")
+                        "on CUDA, fp32,bf16 on the CPU); without fp32, eager FP32 still runs, uncompiled, as the "
+                        "baseline")
     parser.add_argument("--no-holdout", dest="holdout", action="store_false",
                         help="check accuracy on the timed batch only, not on each of the six held-out photos")
     parser.add_argument("--ort-fp16", action="store_true", help="also run the FP16 graph on ONNX Runtime's CPU")

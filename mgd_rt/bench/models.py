@@ -37,6 +37,11 @@ def compile_modes(compile: str | Sequence[str | None] | None) -> tuple[str | Non
     return modes
 
 
+def run_label(model: str) -> str:
+    """A row's model label: the file's name, or ``<variant> (untrained)`` for a variant's seeded weights."""
+    return f"{model} (untrained)" if is_variant(model) else Path(model).name
+
+
 def is_variant(model: str) -> bool:
     """Whether ``model`` names a variant (seeded UNTRAINED weights) rather than a file."""
     return model.lower() in VARIANTS and not Path(model).exists()
@@ -57,9 +62,12 @@ def plan(models: Sequence[str | Path | Run], dtypes: Sequence[str] | None, backe
     runs = []
     for model in models:
         if isinstance(model, Run):  # e.g. benchmarks/run_matrix.py's OpenVINO rows beside the others
-            if not Path(model.model).exists():
+            if is_variant(model.model) and model.kind == "torch":
+                spec = BACKENDS["torch"]
+            elif not Path(model.model).exists():
                 raise MgdRtError(f"{model.model}: no such model file")
-            spec = backend_for(model.model, model.kind)  # refuses a file the backend cannot run
+            else:
+                spec = backend_for(model.model, model.kind)  # refuses a file the backend cannot run
             if model.dtype is not None and model.dtype not in spec.dtypes:
                 raise MgdRtError(f"--dtype {model.dtype}: {spec.name} runs {', '.join(spec.dtypes)}")
             if model.compile is not None:
@@ -79,7 +87,7 @@ def plan(models: Sequence[str | Path | Run], dtypes: Sequence[str] | None, backe
                 raise MgdRtError(f"{model}: no such model file; give a checkpoint, an .onnx graph, an engine, "
                                  f"or a variant name ({', '.join(VARIANTS)}) for seeded UNTRAINED weights")
             kind = backend_for(model, backend).name
-        name = Path(model).name if not is_variant(model) else f"{model} (untrained)"
+        name = run_label(model)
         if kind == "torch":
             for dtype in dtypes or ("fp32",):
                 if dtype not in torch_dtypes:
