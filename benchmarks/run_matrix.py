@@ -250,10 +250,9 @@ def _openvino(graphs: dict[str, Path], device: str, unavailable: list[dict], arg
 def _aoti(args: argparse.Namespace, weights: WeightSet, device: str, workdir: Path, unavailable: list[dict],
           compile_s: dict[str, float], dtypes: list[str]) -> list[Path]:
     """AOTInductor .pt2 packages (mgd_rt.export.aoti) of the ``dtypes`` they come in: FP32, and FP16 on CUDA,
-    compiled once into ``workdir``
-    for this device kind and torch, reused while the torch version they were compiled by is this one and
-    nothing they were made from changed since;
-    each compile's seconds go into ``compile_s`` (not into the latency)."""
+    compiled once into ``workdir`` for this device kind and torch, reused while the torch version they were
+    compiled by is this one and nothing they were made from changed since; each compile's seconds go into
+    ``compile_s`` (not into the latency)."""
     precisions = [p for p in (("fp32", "fp16") if device.startswith("cuda") else ("fp32",)) if p in dtypes]
     if not args.aoti:
         unavailable.extend({"name": f"aoti {p}", "reason": "--no-aoti"} for p in precisions)
@@ -388,7 +387,8 @@ def _models(args: argparse.Namespace, weights: WeightSet, device: str, workdir: 
     gets the rows whose speed the weights cannot change and whose preparation is slow (compiled PyTorch, .pt2);
     every set gets eager FP32 (its own run's baseline) and every graph row, whose accuracy they can change."""
     cuda = device.startswith("cuda")
-    models: list[str | Path | Run] = [*torch_rows(weights.model, torch_dtypes(args, cuda) if first else ["fp32"])]
+    dtypes = torch_dtypes(args, cuda)
+    models: list[str | Path | Run] = list(torch_rows(weights.model, dtypes if first else ["fp32"]))
     ort_gpu, ort_why = _ort_gpu()
     run_ort = ort_gpu or not cuda  # ONNX Runtime rows run where ORT can use the device asked for
     graphs: dict[str, Path] = {}
@@ -421,7 +421,7 @@ def _models(args: argparse.Namespace, weights: WeightSet, device: str, workdir: 
     models.extend(_openvino(graphs, device, unavailable if first else [], args, calibrations))
     models.extend(_tensorrt(graphs, device, workdir, unavailable if first else []))
     if first:
-        models.extend(_aoti(args, weights, device, workdir, unavailable, aoti_compile_s, torch_dtypes(args, cuda)))
+        models.extend(_aoti(args, weights, device, workdir, unavailable, aoti_compile_s, dtypes))
     return models, graphs
 
 
@@ -472,7 +472,7 @@ def main(argv: list[str] | None = None) -> int:
     args = parser.parse_args(argv)
     if args.summarize:
         return summarize(Path(args.summarize))
-    if args.dtypes and (unknown := set(args.dtypes.split(",")) - {"fp32", "fp16", "bf16"}):
+    if args.dtypes and (unknown := set(torch_dtypes(args, cuda=True)) - {"fp32", "fp16", "bf16"}):
         parser.error(f"--dtypes: unknown precision {', '.join(sorted(unknown))} (fp32, fp16, bf16)")
     # our progress at INFO; the exporter's libraries stay at WARNING (their INFO is pages of noise)
     logging.basicConfig(level=logging.WARNING, format="run_matrix: %(message)s", stream=sys.stderr)
