@@ -166,6 +166,30 @@ def test_summed_concat_conv_equals_the_concatenation(with_norm, with_residual):
     assert not torch.equal(summed, expected)  # the summed form really ran: its rounding differs
 
 
+def test_cpu_form_runs_the_windowed_residual_stream_as_rows(tiny_model):
+    """The CPU form's windowed blocks (those of the stages' first, query-pooling blocks too) add their residuals
+    and run their MLP on (B, H * W, C) rows; the global blocks and the eager model keep sam2's (B, H, W, C)."""
+    from sam2.modeling.backbones.hieradet import MultiScaleBlock
+
+    blocks = [b for b in tiny_model.image_encoder.trunk.modules() if isinstance(b, MultiScaleBlock)]
+    ranks: dict[str, list[int]] = {"eager": [], "form": []}
+
+    def run(form: str) -> None:
+        hooks = [b.mlp.register_forward_pre_hook(lambda m, args: ranks[form].append(args[0].dim())) for b in blocks]
+        try:
+            tiny_model(torch.zeros(1, 3, tiny_model.image_size, tiny_model.image_size))
+        finally:
+            for h in hooks:
+                h.remove()
+
+    with torch.no_grad():
+        run("eager")
+        with export_form(tiny_model, cpu_graph=True):
+            run("form")
+    assert ranks["eager"] == [4] * len(blocks)
+    assert ranks["form"] == [3 if b.window_size > 0 else 4 for b in blocks] != ranks["eager"]
+
+
 def test_windows_skip_the_padding(tiny_model, fixture_image):
     """The windowed blocks' projections (those of the stages' first, query-pooling blocks too) run on the H x W
     tokens, not on the windows' zero padding: the export form's trunk does exactly 2 C_in C_out fewer projection

@@ -11,6 +11,7 @@ import mgd_rt
 from mgd_rt.errors import MgdRtError
 from mgd_rt.model import MGDSAM2, get_variant, image2patches, make_views, patches2image
 from mgd_rt.model.pair_conv import DepthPairConv
+from mgd_rt.model.views import patch_major_views
 from mgd_rt.numerics import compare_logits
 
 
@@ -66,6 +67,31 @@ def test_views_layout_is_image_major_tl_tr_bl_br():
     views = make_views(image)
     assert views.shape == (10, 1, 2, 2)
     assert views[8, 0].tolist() == [[2.5, 4.5], [10.5, 12.5]]  # global view of image 0: 2x2 means
+
+
+def test_patch_major_views_are_the_same_patches_in_the_cpu_graph_order():
+    image = torch.arange(2 * 1 * 4 * 4, dtype=torch.float32).reshape(2, 1, 4, 4)
+    with patch_major_views():
+        patches = image2patches(image)
+        assert torch.equal(patches2image(patches), image)
+    assert patches.shape == (8, 1, 2, 2)
+    # every image's TL, then every TR, BL, BR
+    assert patches[2, 0].tolist() == [[2.0, 3.0], [6.0, 7.0]]  # top-right of image 0
+    assert patches[5, 0].tolist() == image[1, 0, 2:, :2].tolist()  # bottom-left of image 1
+    assert torch.equal(patches[[0, 2, 4, 6, 1, 3, 5, 7]], image2patches(image))  # outside the context: image-major
+
+
+def test_patch_major_views_give_the_same_logits(tiny_model, tiny_io):
+    """Every module cuts and joins the patches through views.py, so the order never reaches the logits
+    (two images: with one the orders coincide)."""
+    image = torch.from_numpy(tiny_io["image"][:1]).repeat(2, 1, 1, 1)
+    image[1] = image[1].flip(-1)
+    with torch.inference_mode():
+        image_major = tiny_model(image).numpy()
+        with patch_major_views():
+            patch_major = tiny_model(image).numpy()
+    assert compare_logits(image_major, patch_major, "rewrite", name="patch-major views")
+    assert float(abs(image_major[0] - image_major[1]).max()) > 0.1  # two different images
 
 
 def test_depth_pair_conv_two_conv2d_form_equals_conv3d():

@@ -1,6 +1,6 @@
 """The export form of MGDSAM2: the same numbers, in modules that export to clean ONNX.
 
-Four rewrites (eight for the CPU graph), all reverted when the context exits (the eager model is
+Four rewrites (ten for the CPU graph), all reverted when the context exits (the eager model is
 never changed for good):
 - every depth-2 depthwise Conv3d runs as two depthwise Conv2d (no 5-D tensors, no Squeeze
   whose dimension the exporter cannot prove is 1, which becomes an If);
@@ -15,10 +15,12 @@ never changed for good):
 - for opset >= 23 (the CPU graph) Hiera's attention without query pooling becomes one ONNX Attention
   node on head-major tensors, without the four Transposes sam2's head split and merge cost, and every
   Hiera attention projects q, k and v apart (no Split of a packed projection);
-- for the CPU graph, three layouts its runtimes handle better: Hiera's max pooling as maxima over the
-  channels-last tokens (:func:`max_pool_tokens`), its layer norms on (B, H * W, C) rows
-  (:func:`token_layer_norm`), and every 1x1 convolution over a concatenation (HMIM's fusions, the DRM's
-  ME projector) as a sum of convolutions over the parts (:class:`mgd_rt.model.concat_conv.ConcatConv`).
+- for the CPU graph, five layouts its runtimes handle better: Hiera's max pooling as maxima over the
+  channels-last tokens (:func:`max_pool_tokens`), its layer norms and its windowed blocks' residual
+  stream on (B, H * W, C) rows (:func:`token_layer_norm`, :func:`_residual_and_mlp`), every 1x1
+  convolution over a concatenation (HMIM's fusions, the DRM's ME projector) as a sum of convolutions
+  over the parts (:class:`mgd_rt.model.concat_conv.ConcatConv`), and the local patches patch-major, cut
+  and joined by slices and concatenations (:func:`mgd_rt.model.views.patch_major_views`).
 """
 
 from __future__ import annotations
@@ -37,6 +39,7 @@ from torch import nn
 from mgd_rt.contract import IMAGENET_MEAN, IMAGENET_STD
 from mgd_rt.model import MGDSAM2, use_conv2d_pairs
 from mgd_rt.model.concat_conv import use_summed_concat_convs
+from mgd_rt.model.views import patch_major_views
 
 # Hiera's patch embedding has stride 4; the trunk sees S/2 views
 _PATCH_STRIDE = 4
@@ -201,7 +204,7 @@ def padless_window_block(block: MultiScaleBlock, attention_op: bool) -> Callable
     attend_runs = _padless_attention(block, attention_op)
 
     def forward(x: torch.Tensor) -> torch.Tensor:  # (B, H, W, C) -> (B, H, W, C)
-        return _residual_and_mlp(block, x, attend_runs(block.norm1(x)))
+        return _residual_and_mlp(block, x, attend_runs(block.norm1(x)), rows=True)
 
     return forward
 
@@ -253,7 +256,7 @@ def padless_pooling_block(block: MultiScaleBlock, attention_op: bool) -> Callabl
     def forward(x: torch.Tensor) -> torch.Tensor:  # (B, H, W, C) -> (B, H / sh, W / sw, C_out)
         normed = block.norm1(x)
         shortcut = max_pool_tokens(block.proj(normed), block.pool)  # (B, H / sh, W / sw, C_out)
-        return _residual_and_mlp(block, shortcut, attend_runs(normed))
+        return _residual_and_mlp(block, shortcut, attend_runs(normed), rows=True)
 
     return forward
 
@@ -283,11 +286,22 @@ def _pair(value: int | tuple[int, ...]) -> tuple[int, int]:
     return (value, value) if isinstance(value, int) else (value[0], value[1])
 
 
-def _residual_and_mlp(block: MultiScaleBlock, x: torch.Tensor, projected: torch.Tensor) -> torch.Tensor:
+def _residual_and_mlp(block: MultiScaleBlock, x: torch.Tensor, projected: torch.Tensor,
+                      rows: bool = False) -> torch.Tensor:
     """The rest of a windowed block after its attention's output projection: x, projected (B, H, W, C) ->
-    (B, H, W, C)."""
+    (B, H, W, C).
+
+    ``rows``: the residual stream as (B, H * W, C) rows, the same numbers. OpenVINO gives a 4-D sum the
+    layout of its first input, and the stream starts channels-last (the patch embedding's convolution), so
+    each 4-D sum reordered both its inputs and its output around the planar products (B+ at 1024: 150 ms of
+    stage 1's 2 blocks, fp32, Emerald Rapids); 3-D rows have one layout.
+    """
+    shape = x.shape
+    if rows:
+        x, projected = x.reshape(shape[0], -1, shape[-1]), projected.reshape(shape[0], -1, shape[-1])
     x = x + block.drop_path(projected)
-    return x + block.drop_path(block.mlp(block.norm2(x)))
+    x = x + block.drop_path(block.mlp(block.norm2(x)))
+    return x.reshape(shape) if rows else x
 
 
 def cropped_window_block(block: MultiScaleBlock, attention_op: bool) -> Callable[[torch.Tensor], torch.Tensor]:
@@ -324,7 +338,7 @@ def export_form(model: MGDSAM2, attention_op: bool = False, cpu_graph: bool = Fa
     :func:`padless_pooling_block` for the stages' first blocks; B+ at 1024: 963 -> 849 GFLOP, faster on the
     CPU runtimes, but four attentions per block where there was one), else they crop it before the output
     projection (:func:`cropped_window_block`, 942); and the CPU layouts (:func:`max_pool_tokens`,
-    :func:`token_layer_norm`, summed ConcatConv).
+    :func:`token_layer_norm`, the residual rows, summed ConcatConv, patch-major local patches).
     """
     side = model.image_size // 2  # each view is (S/2, S/2)
     trunk = model.image_encoder.trunk
@@ -364,12 +378,13 @@ def export_form(model: MGDSAM2, attention_op: bool = False, cpu_graph: bool = Fa
     for attn in attentions:
         object.__setattr__(attn, "forward", onnx_attention(attn))
     try:
-        with torch.no_grad():
-            # fills MCEM's per-size code cache, so tracing reads constants, not sin/cos ops
-            # (on the model's device: an AOTInductor export for CUDA traces a model on the GPU)
-            device = next(model.parameters()).device
-            model(torch.zeros(1, 3, model.image_size, model.image_size, device=device))
-        yield model
+        with patch_major_views(cpu_graph):
+            with torch.no_grad():
+                # fills MCEM's per-size code cache, so tracing reads constants, not sin/cos ops
+                # (on the model's device: an AOTInductor export for CUDA traces a model on the GPU)
+                device = next(model.parameters()).device
+                model(torch.zeros(1, 3, model.image_size, model.image_size, device=device))
+            yield model
     finally:
         del trunk._get_pos_embed
         for module in [*windowed, *pooling, *attentions, *norms]:
