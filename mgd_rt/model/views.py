@@ -29,8 +29,8 @@ def patch_major_views(enabled: bool = True) -> Iterator[None]:
     """Inside the context the local patches are patch-major (TL of every image, then TR, BL, BR).
 
     Only for graphs: the eager model keeps the authors' image-major order. B+ at 1024, OpenVINO fp32
-    on Emerald Rapids: the CPU graph's layout reorders 320 -> 44 ms per image (MCEM, HMIM and the
-    DRM join and cut 256-channel maps of up to 256 x 256 per patch).
+    on Emerald Rapids: the CPU graph's layout reorders 320 -> 44 ms per image (MCEM, HMIM, the DRM and
+    the adapters join and cut maps of up to 256 channels and 256 x 256 per image).
     """
     token = _patch_major.set(enabled)
     try:
