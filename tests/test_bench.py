@@ -170,6 +170,19 @@ def test_seconds_mode_and_errors_recorded(onnx_path, tmp_path):
     assert "cannot load" in report.results[0].error and (tmp_path / "c.png").stat().st_size > 0
 
 
+def test_load_peak_covers_the_resident_size_read_after_the_load(onnx_path, monkeypatch):
+    """Memory that grows between the two reads (threads still allocating; CI saw a 4 kB gap) must not
+    leave the load's peak below the resident size reported beside it."""
+    import mgd_rt.bench.runner as runner
+
+    grown = iter(range(1000, 10**6))  # every read of either counter sees 1 kB more resident memory
+    monkeypatch.setattr(runner, "status_mb", lambda key: next(grown) / 1024.0)
+    monkeypatch.setattr(runner, "peak_rss_mb", lambda: next(grown) / 1024.0)
+    (r,) = bench([onnx_path], warmup=0, iters=1, device="cpu").results
+    assert r.status == "ok"
+    assert r.memory["host_peak_rss_load_mb"] >= r.memory["host_rss_after_load_mb"] > 0
+
+
 def test_rounds_time_every_model_again_and_summarise_all_calls(onnx_path, tmp_path):
     bad = tmp_path / "bad.onnx"
     bad.write_bytes(b"not a graph")

@@ -120,7 +120,9 @@ class _Session:
                                          status="error", error=f"cannot load: {_failure(exc)}", compile=run.compile))
             return
 
-        load_peak, rss_after_load = peak_rss_mb(), status_mb("VmRSS")
+        # resident size first: the peak read after it covers it (threads may still be allocating)
+        rss_after_load = status_mb("VmRSS")
+        load_peak = max(peak_rss_mb(), rss_after_load or 0.0)
         size = backend.image_size
         tensors = [(name, preprocess(img, size, backend.mean, backend.std)) for name, img in self.photos]
         flops = count_flops(backend.variant, size) if backend.variant != "unknown" else \
