@@ -192,8 +192,8 @@ def _calibration_summary(report: Path, exit_code: int | None, seconds: float | N
         return {**found, "verdict": "no report"}
     data = json.loads(report.read_text())
     recovery = data.get("recovery") or {}
-    return {**found, "passed": data.get("passed"), "verdict": recovery.get("verdict") or
-            ("PASS as calibrated" if data.get("passed") else "FAIL"),
+    return {**found, "passed": data.get("passed"), "checked_on": data.get("backend"), "verdict":
+            recovery.get("verdict") or ("PASS as calibrated" if data.get("passed") else "FAIL"),
             "recovered_nodes": len(recovery.get("restored", []) or []) if recovery else 0,
             "recovered_share": recovery.get("fp32_share", 0.0) if recovery else 0.0}
 
@@ -690,8 +690,11 @@ def summary_markdown(data: dict) -> str:
     for graph, c in (matrix.get("int8_calibration") or {}).items():
         restored = f", {c['recovered_nodes']} nodes back in FP32 ({c['recovered_share']:.1%} of the quantized " \
             "compute)" if c.get("recovered_nodes") else ""
-        how = "--backend openvino --dtype bf16" if graph.endswith(OPENVINO_BF16_INT8) else "defaults"
-        lines.append(f"\nINT8 calibration of {graph} (`mgd-rt calibrate` {how}): {c.get('verdict', '-')}"
+        # the report names where the check ran; runs recorded before it was kept go by the file name
+        how = f"`mgd-rt calibrate`, checked on {c['checked_on'].split(';')[0]}" if c.get("checked_on") else \
+            "`mgd-rt calibrate --backend openvino --dtype bf16`" if graph.endswith(OPENVINO_BF16_INT8) else \
+            "`mgd-rt calibrate` defaults"
+        lines.append(f"\nINT8 calibration of {graph} ({how}): {c.get('verdict', '-')}"
                      f"{restored}\n")
     if matrix.get("rejudged"):
         lines.append("\nRe-judged after the run (`--summarize`) against changed tolerances, from the measures "

@@ -5,6 +5,7 @@ end-to-end stages and the CLI. Timing values themselves are never asserted."""
 from __future__ import annotations
 
 import json
+import logging
 import math
 import os
 from pathlib import Path
@@ -118,6 +119,18 @@ def test_figures_come_from_the_raw_timings(run):
     for (_, b), r in by.items():
         base = by[("torch", b)]["latency_ms"]["mean"]
         assert r["vs_torch_fp32"] == pytest.approx(base / r["latency_ms"]["mean"])
+
+
+def test_flop_count_prints_no_untrained_weights_warning(caplog):
+    """count_flops builds the bare architecture (FLOPs do not depend on weights): a bench of the user's
+    checkpoint must not print load_model's "UNTRAINED weights" warning, as if theirs had not been loaded."""
+    from mgd_rt.bench import flops
+
+    flops._FLOPS_CACHE.pop(("tiny", 128), None)
+    with caplog.at_level(logging.WARNING, logger="mgd_rt"):
+        counted = flops.count_flops("tiny", 128)
+    assert [r.getMessage() for r in caplog.records if "UNTRAINED" in r.getMessage()] == []
+    assert counted["flops_per_image"] > 0 and any("convolution" in op for op in counted["by_op"])
 
 
 def test_accuracy_against_the_reference_within_tolerances(run):

@@ -106,6 +106,26 @@ def test_summary_says_how_rows_were_timed(run_matrix, rounds):
     assert md.splitlines()[0] == header
 
 
+def test_summary_names_where_each_int8_graph_was_checked(run_matrix, tmp_path):
+    """An INT8 graph's line says the backend its calibration report checked it on (a graph passed with --int8 may
+    have been calibrated with --backend openvino); runs recorded without it keep the old wording."""
+    report = tmp_path / "seed1.int8.report.json"
+    report.write_text(json.dumps({"passed": True, "backend": "openvino on CPU (Some CPU), int8 (float layers in f32); "
+                                  "OpenVINO 2026.4.1, 2 threads, compiled",
+                                  "recovery": {"verdict": "PASS after 7 steps", "restored": ["a"] * 9,
+                                               "fp32_share": 0.0004}}))
+    checked = run_matrix._calibration_summary(report, exit_code=0)
+    assert checked["checked_on"].startswith("openvino on CPU (Some CPU)")
+    older = {key: value for key, value in checked.items() if key != "checked_on"}
+    data = {"environment": {"cpu": {"model": "Some CPU", "logical_cpus": 2, "flags": []}}, "created": "-",
+            "results": [], "flops": {}, "settings": {}, "peak": {"name": "Some CPU", "source": "-"},
+            "matrix": {"int8_calibration": {"seed1.int8.onnx": checked, "seed2.int8.onnx": older}}}
+    md = run_matrix.summary_markdown(data)
+    assert ("INT8 calibration of seed1.int8.onnx (`mgd-rt calibrate`, checked on openvino on CPU (Some CPU), int8 "
+            "(float layers in f32)): PASS after 7 steps, 9 nodes back in FP32 (0.0% of the quantized compute)") in md
+    assert "INT8 calibration of seed2.int8.onnx (`mgd-rt calibrate` defaults): PASS after 7 steps" in md
+
+
 def test_summarize_rejudges_against_todays_tolerance(run_matrix, tmp_path):
     """A finished run's rows are held to the tolerances of today's code from the per-photo measures they kept: a
     row that missed an older, tighter bound passes, one that passed a looser bound fails, and the verdict and
