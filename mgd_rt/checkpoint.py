@@ -211,6 +211,18 @@ def _perturb_untrained(model: nn.Module, seed: int) -> None:
         out_conv.weight.copy_(noise(out_conv.weight, 8.0))
 
 
+def build_architecture(variant: str, image_size: int | None = None, seed: int = UNTRAINED_SEED) -> nn.Module:
+    """A ``variant`` MGDSAM2 as its modules initialise it, from ``seed`` and without touching the caller's random
+    state: the network before any weights are loaded (what load_model fills, and all a FLOP count needs).
+    ``image_size``: None for the variant's default."""
+    from mgd_rt.model import MGDSAM2, get_variant
+
+    spec = get_variant(variant)
+    with torch.random.fork_rng(devices=[]):
+        torch.manual_seed(seed)
+        return MGDSAM2(spec, image_size or spec.default_image_size)
+
+
 def load_model(
     checkpoint: str | Path | None = None,
     variant: str | None = None,
@@ -225,7 +237,7 @@ def load_model(
     benchmarks) and ``variant`` defaults to ``b+``. ``image_size`` defaults to the variant's
     (1024; 512 for ``tiny``).
     """
-    from mgd_rt.model import MGDSAM2, get_variant
+    from mgd_rt.model import get_variant
 
     state_dict = None
     if checkpoint is not None:
@@ -238,9 +250,7 @@ def load_model(
             )
         variant = detected
     spec = get_variant(variant or "b+")
-    with torch.random.fork_rng(devices=[]):
-        torch.manual_seed(seed)
-        model = MGDSAM2(spec, image_size or spec.default_image_size)
+    model = build_architecture(spec.name, image_size, seed)
     if checkpoint is None:
         _perturb_untrained(model, seed)
         log.warning("no checkpoint: MGD-SAM2 %s with UNTRAINED seeded weights (seed %d)", spec.name, seed)

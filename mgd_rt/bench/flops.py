@@ -27,8 +27,8 @@ def count_flops(variant: str, image_size: int) -> dict[str, Any]:
         from torch.nn.attention import SDPBackend, sdpa_kernel
         from torch.utils.flop_counter import FlopCounterMode
 
+        from mgd_rt.checkpoint import build_architecture
         from mgd_rt.export.forms import export_form
-        from mgd_rt.model import MGDSAM2, get_variant
     except ImportError as exc:
         result: dict[str, Any] = {"flops_per_image": None, "error": f"needs torch and the export extra ({exc})"}
         _FLOPS_CACHE[key] = result
@@ -36,7 +36,7 @@ def count_flops(variant: str, image_size: int) -> dict[str, Any]:
     t0 = time.perf_counter()
     # the architecture alone: FLOPs do not depend on the weights, and load_model's "UNTRAINED weights" warning
     # would read, in a bench of the user's checkpoint, as if their weights had not been loaded
-    model = MGDSAM2(get_variant(variant), image_size).eval()
+    model = build_architecture(variant, image_size).eval()
     counter = FlopCounterMode(display=False)
     # a CPU pass: the model's autocast check knows no meta device
     with torch.inference_mode(), export_form(model, cpu_graph=True), sdpa_kernel(SDPBackend.MATH), counter:
